@@ -1,0 +1,40 @@
+"""ravel-bench: the RAVEL interpretability benchmark as Hugging Face artifacts.
+
+The flat API re-exported here is what users import; submodules hold one job each.
+"""
+
+__version__ = "0.1.0"
+
+from ravel_bench.data import (
+    ENTITY_TYPES,
+    OFFICIAL_RELEASE_URL,
+    EntityTypeRelease,
+    RavelRelease,
+    ReleaseDefect,
+    load_release,
+)
+from ravel_bench.dataset_repo import DatasetSummary, build_dataset_folder
+from ravel_bench.errors import (
+    ConfigError,
+    DataFormatError,
+    IncompatibleModelError,
+    RavelBenchError,
+    SourceUnavailableError,
+)
+
+__all__ = [
+    "ENTITY_TYPES",
+    "OFFICIAL_RELEASE_URL",
+    "ConfigError",
+    "DataFormatError",
+    "DatasetSummary",
+    "EntityTypeRelease",
+    "IncompatibleModelError",
+    "RavelBenchError",
+    "RavelRelease",
+    "ReleaseDefect",
+    "SourceUnavailableError",
+    "__version__",
+    "build_dataset_folder",
+    "load_release",
+]

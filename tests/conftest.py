@@ -1,0 +1,60 @@
+"""Shared fixtures: the official release from ../shared, seeding, and a built dataset folder."""
+
+import random
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+RELEASE_TGZ = Path(__file__).resolve().parents[1].parent / "shared" / "ravel" / "data.tgz"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Keep downloads and the datasets cache out of the user's home."""
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("RAVEL_BENCH_CACHE", str(cache / "ravel_bench"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def release_tgz() -> Path:
+    if not RELEASE_TGZ.is_file():
+        pytest.fail(f"the RAVEL release is expected at {RELEASE_TGZ} (../shared/ravel/data.tgz)")
+    return RELEASE_TGZ
+
+
+@pytest.fixture(scope="session")
+def extracted_release(release_tgz: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The release's 25 JSON files, extracted once per session (read-only for tests)."""
+    out = tmp_path_factory.mktemp("release")
+    with tarfile.open(release_tgz) as archive:
+        archive.extractall(out, filter="data")
+    return out / "data"
+
+
+@pytest.fixture
+def release_dir(extracted_release: Path, tmp_path: Path) -> Path:
+    """A private, editable copy of the release folder."""
+    return Path(shutil.copytree(extracted_release, tmp_path / "release"))
+
+
+@pytest.fixture(scope="session")
+def built_dataset(release_tgz: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The dataset repo folder built once from the release."""
+    from ravel_bench import build_dataset_folder
+
+    out = tmp_path_factory.mktemp("dataset") / "ravel"
+    build_dataset_folder(release_tgz, out)
+    return out
