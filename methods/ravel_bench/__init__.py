@@ -21,6 +21,7 @@ from ravel_bench.errors import (
     RavelBenchError,
     SourceUnavailableError,
 )
+from ravel_bench.scoring import disentangle_score, string_match, token_match
 
 __all__ = [
     "ENTITY_TYPES",
@@ -36,5 +37,8 @@ __all__ = [
     "SourceUnavailableError",
     "__version__",
     "build_dataset_folder",
+    "disentangle_score",
     "load_release",
+    "string_match",
+    "token_match",
 ]

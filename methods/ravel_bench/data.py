@@ -468,10 +468,10 @@ def load_release(
         DataFormatError: a file is missing, malformed or inconsistent; the message names it.
         SourceUnavailableError: the source path or URL cannot be read.
 
-    Example:
-        >>> release = load_release("../shared/ravel/data.tgz")  # doctest: +SKIP
-        >>> release.types["city"].entity_attributes["Aalborg"]["Country"]  # doctest: +SKIP
-        'Denmark'
+    Example::
+
+        release = load_release("../shared/ravel/data.tgz")
+        release.types["city"].entity_attributes["Aalborg"]["Country"]  # 'Denmark'
     """
     unknown = [t for t in entity_types if t not in ENTITY_TYPES]
     if unknown:
