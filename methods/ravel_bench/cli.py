@@ -10,11 +10,12 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from ravel_bench import __version__
 from ravel_bench.data import OFFICIAL_RELEASE_URL
 from ravel_bench.dataset_repo import build_dataset_folder
-from ravel_bench.errors import RavelBenchError
+from ravel_bench.errors import ConfigError, RavelBenchError
 
 logger = logging.getLogger("ravel_bench")
 
@@ -36,6 +37,211 @@ def _out(line: str) -> None:
     sys.stdout.write(line + "\n")
 
 
+def _release_source(args: argparse.Namespace) -> str:
+    return args.source
+
+
+def _cmd_toy_model(args: argparse.Namespace) -> int:
+    from ravel_bench.models import EMBEDDED_MODEL, TINY_EMBEDDED_MODEL, embedded_model_path
+
+    start = time.perf_counter()
+    name = TINY_EMBEDDED_MODEL if args.tiny else EMBEDDED_MODEL
+    folder = embedded_model_path(name, _release_source(args), show_progress=not args.quiet)
+    _out(f"embedded model ready at {folder} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _cmd_instance(args: argparse.Namespace) -> int:
+    from ravel_bench.data import load_release
+    from ravel_bench.instance.build import InstanceConfig, build_instance
+    from ravel_bench.instance.repo import save_instance
+    from ravel_bench.models import load_model
+
+    start = time.perf_counter()
+    config = InstanceConfig(
+        entity_type=args.entity_type,
+        attributes=tuple(a.strip() for a in args.attributes.split(",")) if args.attributes else (),
+        n_entities=args.n_entities,
+        entity_pool=args.entity_pool,
+        max_pairs_per_split=args.max_pairs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    loaded = load_model(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        revision=args.revision,
+        release_source=args.source,
+        show_progress=not args.quiet,
+    )
+    release = load_release(args.source, (args.entity_type,)).types[args.entity_type]
+    instance = build_instance(
+        loaded.model,
+        loaded.tokenizer,
+        release,
+        config,
+        model_id=loaded.model_id,
+        model_revision=loaded.revision,
+        show_progress=not args.quiet,
+    )
+    out = save_instance(instance, args.out, overwrite=args.overwrite)
+    meta = instance.metadata
+    _out(f"instance for {meta['model_id']} ({meta['entity_type']}) written to {out}")
+    _out(
+        f"{len(meta['entities'])} entities of {meta['n_candidates']}, "
+        f"{len(meta['templates'])} templates, attributes {', '.join(meta['attributes'])}, "
+        f"accuracy {meta['entity_accuracy']:.3f}"
+    )
+    for key, n in meta["pair_counts"].items():
+        _out(f"  {key:<16}{n:>7} pairs")
+    _out(f"built in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def run_evaluation(
+    loaded,
+    instance,
+    featurizer_spec: str,
+    layers: list[int],
+    setting: str,
+    split: str,
+    batch_size: int,
+    seed: int,
+    show_progress: bool,
+) -> dict:
+    """Evaluate one featurizer spec at each layer; return ``{layer name: EvalResult}``."""
+    from ravel_bench.engine.blocks import hidden_size, layer_name
+    from ravel_bench.evaluation import evaluate_featurizer
+    from ravel_bench.featurizers import parse_featurizer_spec
+
+    featurizer = parse_featurizer_spec(featurizer_spec, hidden_size(loaded.model), seed=seed)
+    return {
+        layer_name(layer): evaluate_featurizer(
+            loaded.model,
+            loaded.tokenizer,
+            instance,
+            featurizer,
+            layer,
+            setting,
+            split,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            config={"featurizer": featurizer_spec, "seed": seed},
+        )
+        for layer in layers
+    }
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ravel_bench.engine.blocks import decoder_blocks, parse_layers
+    from ravel_bench.instance.repo import load_instance
+    from ravel_bench.models import load_model
+    from ravel_bench.report import results_table, save_json, save_predictions
+
+    instance = load_instance(args.instance)
+    instance_model = instance.metadata["model_id"]
+    model_name = args.model or instance_model
+    loaded = load_model(
+        model_name,
+        dtype=args.dtype,
+        device=args.device,
+        revision=args.revision,
+        release_source=args.source,
+        show_progress=not args.quiet,
+    )
+    if instance_model and loaded.model_id != instance_model:
+        raise ConfigError(
+            f"instance {args.instance} was built for {instance_model}, not {loaded.model_id}",
+            hint="evaluate with the instance's model (omit --model) or build an instance for it",
+        )
+    layers = parse_layers(args.layer, len(decoder_blocks(loaded.model)))
+    results = run_evaluation(
+        loaded,
+        instance,
+        args.featurizer,
+        layers,
+        args.setting,
+        args.split,
+        args.batch_size,
+        args.seed,
+        not args.quiet,
+    )
+    out = Path(args.output)
+    if len(results) == 1:
+        (result,) = results.values()
+        save_json(result.to_json(), out / "results.json")
+        save_predictions(result, out / "predictions.parquet")
+    else:
+        save_json({"layers": {k: r.to_json() for k, r in results.items()}}, out / "results.json")
+        for key, result in results.items():
+            save_predictions(result, out / f"predictions_layer_{key}.parquet")
+    _out(f"{args.featurizer} on {instance.metadata['entity_type']} {args.setting}/{args.split}:")
+    _out(results_table(results, key_header="layer"))
+    _out(f"results written to {out / 'results.json'}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ravel_bench.data import load_release
+    from ravel_bench.engine.blocks import EMBEDDINGS, decoder_blocks, hidden_size
+    from ravel_bench.instance.build import InstanceConfig, build_instance
+    from ravel_bench.instance.repo import save_instance
+    from ravel_bench.models import load_model
+    from ravel_bench.report import results_table, save_json
+
+    show = not args.quiet
+    out = Path(args.out)
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    loaded = load_model("toy", release_source=args.source, show_progress=show)
+    stages["embedded model (build or cache)"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    release = load_release(args.source, ("city",)).types["city"]
+    instance = build_instance(
+        loaded.model,
+        loaded.tokenizer,
+        release,
+        InstanceConfig(entity_type="city"),
+        model_id=loaded.model_id,
+        show_progress=show,
+    )
+    save_instance(instance, out / "instance", overwrite=True)
+    stages["city instance"] = time.perf_counter() - start
+
+    n_layers = len(decoder_blocks(loaded.model))
+    middle = (n_layers - 1) // 2
+    k = max(1, hidden_size(loaded.model) // 16)
+    start = time.perf_counter()
+    all_results: dict[str, dict] = {}
+    for setting in ("entity", "context"):
+        rows = {}
+        for spec in ("noop", "full", f"random:{k}"):
+            result = run_evaluation(loaded, instance, spec, [middle], setting, "test", 64, 0, show)
+            rows[f"{spec} @ block {middle}"] = result[str(middle)]
+        sweep = run_evaluation(
+            loaded, instance, "full", [EMBEDDINGS, *range(n_layers)], setting, "test", 64, 0, show
+        )
+        rows.update({f"full @ {layer}": r for layer, r in sweep.items()})
+        all_results[setting] = {key: r.to_json() for key, r in rows.items()}
+        _out(
+            f"\n{setting} test ({len(instance.split(setting, 'test'))} pairs), city, "
+            f"model {loaded.model_id}"
+        )
+        _out(results_table(rows, key_header="featurizer @ layer"))
+    stages["evaluations"] = time.perf_counter() - start
+    save_json({"model_id": loaded.model_id, "results": all_results}, out / "results.json")
+    meta = instance.metadata
+    _out(
+        f"\ninstance: {len(meta['entities'])} entities, {len(meta['templates'])} templates, "
+        + ", ".join(f"{key} {n}" for key, n in meta["pair_counts"].items())
+    )
+    _out("stage times: " + "; ".join(f"{name} {sec:.1f} s" for name, sec in stages.items()))
+    _out(f"results written to {out / 'results.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``ravel-bench``."""
     parser = argparse.ArgumentParser(
@@ -54,15 +260,73 @@ def build_parser() -> argparse.ArgumentParser:
     build = dataset_commands.add_parser(
         "build", help="convert the release into a dataset repo folder (parquet + card)"
     )
-    build.add_argument(
-        "--source",
-        default=OFFICIAL_RELEASE_URL,
-        help="release folder, data.tgz, or http(s) URL (default: the official release URL)",
-    )
+    _add_source(build)
     build.add_argument("--out", required=True, help="dataset repo folder to write")
     build.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     build.set_defaults(func=_cmd_dataset_build)
+
+    toy = commands.add_parser("toy-model", help="build (or find) the embedded default model")
+    toy.add_argument("--tiny", action="store_true", help="the 2-layer test variant")
+    _add_source(toy)
+    toy.set_defaults(func=_cmd_toy_model)
+
+    inst = commands.add_parser("instance", help="build a model-specific RAVEL instance")
+    _add_model(inst, default="toy")
+    inst.add_argument("--entity-type", default="city", help="entity type (default: city)")
+    inst.add_argument("--attributes", default="", help="comma list (default: all known ones)")
+    inst.add_argument("--n-entities", type=int, default=400, help="entities kept (default 400)")
+    inst.add_argument(
+        "--entity-pool", type=int, default=None, help="query at most this many entities"
+    )
+    inst.add_argument("--max-pairs", type=int, default=None, help="cap on pairs per split")
+    inst.add_argument("--seed", type=int, default=0)
+    inst.add_argument("--out", required=True, help="instance folder to write")
+    inst.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_source(inst)
+    inst.set_defaults(func=_cmd_instance)
+
+    ev = commands.add_parser("evaluate", help="score a featurizer on an instance split")
+    ev.add_argument("--instance", required=True, help="instance folder")
+    ev.add_argument(
+        "--featurizer", required=True, help="noop, full, or random:K (K random directions)"
+    )
+    ev.add_argument(
+        "--layer", required=True, help="block index, 'embeddings', 'all', or a comma list"
+    )
+    ev.add_argument("--setting", choices=("entity", "context", "train"), default="entity")
+    ev.add_argument("--split", choices=("val", "validation", "test", "train"), default="test")
+    ev.add_argument("--output", required=True, help="folder for results.json and predictions")
+    ev.add_argument("--seed", type=int, default=0, help="seed of random featurizers")
+    _add_model(ev, default=None)
+    _add_source(ev)
+    ev.set_defaults(func=_cmd_evaluate)
+
+    demo = commands.add_parser("demo", help="the main job on the embedded default model")
+    demo.add_argument("--out", default="build/demo", help="output folder (default build/demo)")
+    _add_source(demo)
+    demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source",
+        default=os.environ.get("RAVEL_RELEASE", OFFICIAL_RELEASE_URL),
+        help="RAVEL release folder, data.tgz or URL (default: $RAVEL_RELEASE or the official URL)",
+    )
+
+
+def _add_model(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--model",
+        default=default,
+        help="Hub id or folder of a causal LM; 'toy' is the embedded default"
+        + ("" if default else " (default: the instance's model)"),
+    )
+    parser.add_argument("--revision", default=None, help="Hub revision of --model")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""The interchange-intervention engine: decoder blocks, entity positions, hooks, generation."""

@@ -1,0 +1,76 @@
+"""Find the entity's last token in a filled template, from the tokenizer's offset mapping."""
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ravel_bench.errors import DataFormatError, IncompatibleModelError
+
+
+def entity_char_span(template: str, entity: str) -> tuple[int, int]:
+    """Return the ``[start, end)`` character span of ``entity`` in ``template % entity``."""
+    start = template.index("%s")
+    # Characters before the placeholder may contain '%%' escapes that shrink when filled.
+    start = len(template[:start] % ()) if "%" in template[:start] else start
+    return start, start + len(entity)
+
+
+def encode_with_entity_positions(
+    tokenizer: PreTrainedTokenizerBase,
+    templates: Sequence[str],
+    entities: Sequence[str],
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Tokenize filled templates with left padding and find each entity's last token.
+
+    Args:
+        tokenizer: a fast tokenizer (it must return offsets); padding side is forced to left.
+        templates: one template (with one ``%s``) per row.
+        entities: the entity filled into each template.
+
+    Returns:
+        ``(batch, positions)``: ``batch`` has ``input_ids`` and ``attention_mask``
+        ``[batch, pos]``; ``positions`` ``[batch]`` indexes the entity's last token in the padded
+        row.
+
+    Raises:
+        IncompatibleModelError: the tokenizer returns no offsets (not a fast tokenizer).
+        DataFormatError: an entity covers no token (names the prompt).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise IncompatibleModelError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer: entity positions need offsets",
+            hint="load the tokenizer with AutoTokenizer.from_pretrained(..., use_fast=True)",
+        )
+    prompts = [t % e for t, e in zip(templates, entities, strict=True)]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(
+            prompts,
+            padding=True,
+            return_tensors="pt",
+            return_offsets_mapping=True,
+            add_special_tokens=True,
+        )
+    finally:
+        tokenizer.padding_side = side
+    offsets = enc.pop("offset_mapping")  # [batch, pos, 2]
+    mask = enc["attention_mask"].bool()
+    spans = torch.tensor(
+        [entity_char_span(t, e) for t, e in zip(templates, entities, strict=True)]
+    )  # [batch, 2]
+    starts, ends = offsets[..., 0], offsets[..., 1]  # [batch, pos]
+    # Real, non-empty tokens that overlap the entity's characters; the entity's last token is
+    # the last of them.
+    hits = mask & (starts < spans[:, 1:]) & (ends > spans[:, :1]) & (ends > starts)  # [batch, pos]
+    index = torch.arange(hits.shape[1]).expand_as(hits)
+    positions = torch.where(hits, index, -1).max(dim=1).values  # [batch]
+    if (positions < 0).any():
+        i = int((positions < 0).nonzero()[0, 0])
+        raise DataFormatError(
+            f"cannot locate entity {entities[i]!r} in prompt {prompts[i]!r}: no token covers its "
+            "characters",
+            hint="check that the template's %s is where the entity goes",
+        )
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, positions

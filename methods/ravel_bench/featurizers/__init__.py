@@ -1,0 +1,17 @@
+"""Featurizers: bijections (or projections) of the residual stream with a set of swapped features."""
+
+from ravel_bench.featurizers.base import Featurizer
+from ravel_bench.featurizers.baselines import (
+    IdentityFeaturizer,
+    RotationFeaturizer,
+    random_subspace,
+)
+from ravel_bench.featurizers.registry import parse_featurizer_spec
+
+__all__ = [
+    "Featurizer",
+    "IdentityFeaturizer",
+    "RotationFeaturizer",
+    "parse_featurizer_spec",
+    "random_subspace",
+]
