@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from ravel_bench import DataFormatError, SourceUnavailableError, load_release
 
 

@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ravel_bench import DataFormatError
 from ravel_bench.scoring import disentangle_score, string_match, token_match
 

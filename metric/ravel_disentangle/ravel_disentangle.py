@@ -5,6 +5,7 @@ A thin `evaluate` wrapper: the scoring logic is :func:`ravel_bench.scoring.disen
 
 import datasets
 import evaluate
+
 from ravel_bench.scoring import _check_inputs, disentangle_score
 
 _DESCRIPTION = """\

@@ -9,6 +9,7 @@ from pathlib import Path
 import datasets
 import pytest
 import yaml
+
 from ravel_bench import ENTITY_TYPES, ConfigError, build_dataset_folder
 from ravel_bench.cli import main
 

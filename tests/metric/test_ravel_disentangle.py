@@ -6,6 +6,7 @@ from pathlib import Path
 
 import evaluate
 import pytest
+
 from ravel_bench.scoring import disentangle_score
 
 METRIC_DIR = Path(__file__).resolve().parents[2] / "metric" / "ravel_disentangle"
