@@ -22,6 +22,7 @@ def test_intervening_a_vector_with_itself_returns_it_exactly(spec):
 def test_noop_and_full_are_exact():
     base, source = torch.randn(4, 8), torch.randn(4, 8)
     assert torch.equal(IdentityFeaturizer.noop(8).intervene(base, source), base)
+    assert IdentityFeaturizer.full(8).config.k == 8 and IdentityFeaturizer.noop(8).config.k == 0
     assert torch.equal(IdentityFeaturizer.full(8).intervene(base, source), source)
 
 
@@ -59,4 +60,15 @@ def test_bad_specs(spec):
 
 def test_too_many_directions():
     with pytest.raises(ConfigError, match="k=5 directions cannot be orthonormal in d_model=4"):
-        RotationFeaturizer(torch.randn(5, 4))
+        RotationFeaturizer.from_directions(torch.randn(5, 4))
+
+
+@pytest.mark.parametrize("spec", ["noop", "full", "random:5"])
+def test_save_and_load_round_trip(spec, tmp_path):
+    featurizer = parse_featurizer_spec(spec, 16, seed=2)
+    featurizer.save_pretrained(tmp_path / spec)
+    loaded = type(featurizer).from_pretrained(tmp_path / spec)
+    assert loaded.config == featurizer.config
+    h, s = torch.randn(3, 16), torch.randn(3, 16)
+    assert torch.equal(loaded.intervene(h, s), featurizer.intervene(h, s))
+    assert (tmp_path / spec / "model.safetensors").is_file()

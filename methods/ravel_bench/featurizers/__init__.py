@@ -1,6 +1,6 @@
 """Featurizers: bijections (or projections) of the residual stream with a set of swapped features."""
 
-from ravel_bench.featurizers.base import Featurizer
+from ravel_bench.featurizers.base import Featurizer, FeaturizerConfig
 from ravel_bench.featurizers.baselines import (
     IdentityFeaturizer,
     RotationFeaturizer,
@@ -10,6 +10,7 @@ from ravel_bench.featurizers.registry import parse_featurizer_spec
 
 __all__ = [
     "Featurizer",
+    "FeaturizerConfig",
     "IdentityFeaturizer",
     "RotationFeaturizer",
     "parse_featurizer_spec",

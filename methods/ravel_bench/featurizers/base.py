@@ -1,4 +1,4 @@
-"""The one featurizer interface the engine uses.
+"""The one featurizer interface the engine uses, and its Hub-serializable config.
 
 A featurizer maps a hidden vector to features (``featurize``), maps features back
 (``unfeaturize``), and names the features that carry the target attribute (``feature_mask``).
@@ -13,27 +13,103 @@ SAE) it leaves the part of ``base`` outside the features untouched, and a zero d
 input exactly: ``intervene(h, h) == h``. With ``keep_reconstruction_error=False`` the result is
 ``U(mix)`` (the reference SAE behaviour, which drops the error).
 
-All computation is float32; the engine casts model activations to float32 around the call.
+Every featurizer is an ``nn.Module`` and a ``huggingface_hub.PyTorchModelHubMixin``: its only
+``__init__`` argument is a :class:`FeaturizerConfig` (saved as ``config.json``) and its tensors
+are buffers or parameters saved to ``model.safetensors``. All computation is float32; the engine
+casts model activations to float32 around the call.
 """
 
+# No `from __future__ import annotations` here: the Hub mixin reads the config annotation.
+from dataclasses import dataclass
+
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from ravel_bench import __version__
+from ravel_bench.errors import ConfigError
 
-class Featurizer(nn.Module):
-    """Base class of every featurizer.
+SCHEMA_VERSION = 1
 
-    Subclasses implement :meth:`featurize`, :meth:`unfeaturize` and :attr:`feature_mask`.
+
+@dataclass(frozen=True)
+class FeaturizerConfig:
+    """Everything needed to rebuild a featurizer and check it against a model.
 
     Args:
-        d_model: width of the residual stream.
+        method: registry key, e.g. ``"das"``, ``"full"``.
+        d_model: width of the residual stream the featurizer reads.
+        n_features: number of features ``featurize`` returns.
+        k: number of features swapped (rotation rows; mask size for neuron masks).
+        base_model: id (Hub id or toy name) of the model it was trained on; ``""`` for baselines.
+        base_model_revision: the base model's Hub revision, if known.
+        n_layers: the base model's number of decoder blocks (0 if unknown).
+        layer: intervention layer: ``-1`` = the stream entering block 0, else the block index.
+        site: site name, ``blocks.{L}.resid_post`` (or ``blocks.0.resid_pre``).
+        position: which token is intervened on; ``"entity_last"``.
+        entity_type: RAVEL entity type it was trained for (``""`` if none).
+        attribute: target attribute (``""`` if none).
+        orientation: matrix layout; ``"rows"``: a ``[k, d_model]`` matrix whose rows are
+            orthonormal directions.
         keep_reconstruction_error: add ``base - U(F(base))`` back after the swap.
+        seed: seed of the random steps that made it.
+        dtype: dtype of the stored tensors.
+        ravel_bench_version: version that wrote it.
+        schema_version: version of this config's layout.
     """
 
-    def __init__(self, d_model: int, keep_reconstruction_error: bool = True) -> None:
+    method: str
+    d_model: int
+    n_features: int
+    k: int
+    base_model: str = ""
+    base_model_revision: str | None = None
+    n_layers: int = 0
+    layer: int = -1
+    site: str = ""
+    position: str = "entity_last"
+    entity_type: str = ""
+    attribute: str = ""
+    orientation: str = "rows"
+    keep_reconstruction_error: bool = True
+    seed: int = 0
+    dtype: str = "float32"
+    ravel_bench_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_features"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"FeaturizerConfig.{name}={getattr(self, name)} must be >= 1")
+        if not 0 <= self.k <= self.n_features:
+            raise ConfigError(
+                f"FeaturizerConfig.k={self.k} must be in 0..n_features={self.n_features}"
+            )
+        if self.position != "entity_last":
+            raise ConfigError(f"FeaturizerConfig.position={self.position!r}: only 'entity_last'")
+
+
+class Featurizer(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="ravel-bench",
+    tags=["ravel", "interpretability", "featurizer"],
+    repo_url="https://github.com/explanare/ravel",
+):
+    """Base class of every featurizer.
+
+    Subclasses create their tensors (zeros) from the config in ``__init__`` and implement
+    :meth:`featurize`, :meth:`unfeaturize` and :attr:`feature_mask`.
+    """
+
+    def __init__(self, config: FeaturizerConfig) -> None:
         super().__init__()
-        self.d_model = d_model
-        self.keep_reconstruction_error = keep_reconstruction_error
+        self.config = config
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream."""
+        return self.config.d_model
 
     @property
     def feature_mask(self) -> torch.Tensor:
@@ -53,6 +129,6 @@ class Featurizer(nn.Module):
         f_base = self.featurize(base)  # [batch, n_features]
         f_source = self.featurize(source)  # [batch, n_features]
         mixed = torch.where(self.feature_mask, f_source, f_base)  # [batch, n_features]
-        if not self.keep_reconstruction_error:
+        if not self.config.keep_reconstruction_error:
             return self.unfeaturize(mixed)
         return base + (self.unfeaturize(mixed) - self.unfeaturize(f_base))

@@ -1,10 +1,51 @@
-"""Featurizer specs on the command line: ``noop``, ``full``, ``random:K``."""
+"""Featurizer classes by method name, and command-line specs (``noop``, ``full``, ``random:K``)."""
 
 from ravel_bench.errors import ConfigError
 from ravel_bench.featurizers.base import Featurizer
-from ravel_bench.featurizers.baselines import IdentityFeaturizer, random_subspace
+from ravel_bench.featurizers.baselines import (
+    IdentityFeaturizer,
+    RotationFeaturizer,
+    random_subspace,
+)
 
-BASELINES = ("noop", "full", "random")
+FEATURIZER_CLASSES: dict[str, type[Featurizer]] = {}
+
+
+def register_featurizer(method: str, cls: type[Featurizer]) -> None:
+    """Register the class that loads featurizers whose ``config.method`` is ``method``.
+
+    Raises:
+        ValueError: ``method`` is already registered or not lowercase.
+    """
+    if method != method.lower():
+        raise ValueError(f"featurizer method names are lowercase, got {method!r}")
+    if method in FEATURIZER_CLASSES:
+        raise ValueError(
+            f"featurizer method {method!r} is already registered to "
+            f"{FEATURIZER_CLASSES[method].__name__}"
+        )
+    FEATURIZER_CLASSES[method] = cls
+
+
+def featurizer_class(method: str) -> type[Featurizer]:
+    """Return the class registered for ``method``.
+
+    Raises:
+        ConfigError: no such method.
+    """
+    if method not in FEATURIZER_CLASSES:
+        raise ConfigError(
+            f"unknown featurizer method {method!r}; known: {sorted(FEATURIZER_CLASSES)}"
+        )
+    return FEATURIZER_CLASSES[method]
+
+
+for _method, _cls in (
+    ("noop", IdentityFeaturizer),
+    ("full", IdentityFeaturizer),
+    ("random", RotationFeaturizer),
+):
+    register_featurizer(_method, _cls)
 
 
 def parse_featurizer_spec(spec: str, d_model: int, seed: int = 0) -> Featurizer:
