@@ -21,6 +21,7 @@ from ravel_bench.errors import (
     RavelBenchError,
     SourceUnavailableError,
 )
+from ravel_bench.hub import Intervenable, load_featurizer, load_intervenable, push, save_featurizer
 from ravel_bench.scoring import disentangle_score, string_match, token_match
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "DataFormatError",
     "DatasetSummary",
     "EntityTypeRelease",
+    "Intervenable",
     "IncompatibleModelError",
     "RavelBenchError",
     "RavelRelease",
@@ -38,7 +40,11 @@ __all__ = [
     "__version__",
     "build_dataset_folder",
     "disentangle_score",
+    "load_featurizer",
+    "load_intervenable",
     "load_release",
+    "push",
+    "save_featurizer",
     "string_match",
     "token_match",
 ]
