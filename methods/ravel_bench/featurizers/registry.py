@@ -44,6 +44,10 @@ for _method, _cls in (
     ("noop", IdentityFeaturizer),
     ("full", IdentityFeaturizer),
     ("random", RotationFeaturizer),
+    ("das", RotationFeaturizer),
+    ("mdas", RotationFeaturizer),
+    ("dbm", IdentityFeaturizer),
+    ("mdbm", IdentityFeaturizer),
 ):
     register_featurizer(_method, _cls)
 
