@@ -2,7 +2,7 @@
 
 from collections import Counter
 
-from ravel_bench.instance.pairs import OTHER, Cell, PairPools, sample_pairs
+from ravel_bench.instance.pairs import OTHER, Cell, PairPools, distinguishable, sample_pairs
 
 ENTITY_SPLIT = {"A": "train", "B": "train", "C": "train", "D": "train", "V": "val", "W": "val"}
 TEMPLATES = {
@@ -20,11 +20,11 @@ COUNTRY = {"A": "X", "B": "Y", "C": "Y", "D": "Z", "V": "X", "W": "Y"}
 
 
 def _pools(correct=lambda t, e: True) -> PairPools:
-    cells = {
-        (t, e): Cell(label=" " + COUNTRY[e] if "country" in t else " L" + e, correct=correct(t, e))
-        for t in TEMPLATES
-        for e in ENTITY_SPLIT
-    }
+    def cell(t: str, e: str) -> Cell:
+        label = " " + COUNTRY[e] if "country" in t else " L" + e
+        return Cell(label=label, correct=correct(t, e), key=(len(label), *label.encode()))
+
+    cells = {(t, e): cell(t, e) for t in TEMPLATES for e in ENTITY_SPLIT}
     return PairPools(ENTITY_SPLIT, TEMPLATES, WIKI, cells)
 
 
@@ -80,6 +80,25 @@ def test_label_flattening_weights():
                 draws[p["source_entity"]] += 1
     assert abs(draws["D"] / 400 - 0.5) < 0.08
     assert abs(draws["B"] / 400 - 0.25) < 0.08
+
+
+def test_labels_evaluation_cannot_tell_apart_give_no_pair():
+    # B and C share D's first token: every key starts the same, so no source is usable for them.
+    pools = _pools()
+    cells = dict(pools.cells)
+    for e in ("A", "B", "C", "D"):
+        old = cells[("%s country", e)]
+        cells[("%s country", e)] = Cell(old.label, True, (7,) if e == "A" else (7, 8))
+    pairs = sample_pairs(
+        PairPools(ENTITY_SPLIT, TEMPLATES, WIKI, cells), "train", "train", c=10, seed=0
+    )
+    assert [p for p in pairs if p["base_template"] == "%s country"] == []
+
+
+def test_distinguishable():
+    assert distinguishable((1, 2, 3), (1, 2, 4))
+    assert not distinguishable((1, 2), (1, 2, 4))  # a prefix: evaluation compares 2 tokens
+    assert not distinguishable((5,), (5,))
 
 
 def test_seeded():

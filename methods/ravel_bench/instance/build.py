@@ -14,6 +14,7 @@ Candidate entities are those with a non-empty value for every chosen attribute w
 tokenizer can read (no unknown token); ``entity_pool`` caps them with a seeded sample.
 """
 
+import json
 import logging
 import re
 from collections import defaultdict
@@ -47,10 +48,14 @@ class InstanceConfig:
         min_template_accuracy: a template is kept only if the model answers it correctly for at
             least this fraction of the kept entities.
         entity_pool: query at most this many candidate entities (seeded sample); None: all.
+        entities: restrict the candidates to these entities (e.g. the ones a toy model was
+            trained on); empty: every entity of the release.
         max_new_tokens: tokens generated per query (8 in the reference).
         c_train, c_entity, c_context: label-flattening constants of the source weights
             (reference: 10 for the entity test, 20 for the context test).
         max_pairs_per_split: cap on pairs per setting and split (seeded subset); None: no cap.
+        require_correct: use only cells the model answers correctly (the protocol). False
+            treats every output as known: for tests and debugging on untrained models only.
         batch_size: prompts per forward pass.
         seed: seed of every random draw.
     """
@@ -61,11 +66,13 @@ class InstanceConfig:
     templates_per_split: tuple[int, int, int] = (6, 3, 3)
     min_template_accuracy: float = 0.5
     entity_pool: int | None = None
+    entities: tuple[str, ...] = ()
     max_new_tokens: int = 8
     c_train: float = 10.0
     c_entity: float = 10.0
     c_context: float = 20.0
     max_pairs_per_split: int | None = None
+    require_correct: bool = True
     batch_size: int = 64
     seed: int = 0
 
@@ -128,6 +135,16 @@ def extract_label(output: str) -> str:
     return " " + phrase if phrase else ""
 
 
+def _cut_at_special(tokenizer: PreTrainedTokenizerBase, generated) -> list[list[int]]:
+    """Token rows cut before their first special token (EOS, padding, ...): the output ends there."""
+    special = set(tokenizer.all_special_ids)
+    rows = []
+    for ids in generated.tolist():
+        cut = next((i for i, t in enumerate(ids) if t in special), len(ids))
+        rows.append(ids[:cut])
+    return rows
+
+
 def _readable(tokenizer: PreTrainedTokenizerBase, entity: str) -> bool:
     unk = tokenizer.unk_token_id
     return unk is None or unk not in tokenizer(entity, add_special_tokens=False)["input_ids"]
@@ -167,10 +184,18 @@ def build_instance(
             f"attributes {unknown} have no ground truth for {release.entity_type}; choose among "
             f"{list(release.attributes)}"
         )
+    unknown_entities = [e for e in config.entities if e not in release.entity_attributes]
+    if unknown_entities:
+        raise ConfigError(
+            f"entities {unknown_entities[:5]} are not {release.entity_type} entities of the release"
+        )
+    allowed = set(config.entities) if config.entities else None
     candidates = [
         e
         for e, values in release.entity_attributes.items()
-        if all(values[a].strip() for a in attributes) and _readable(tokenizer, e)
+        if (allowed is None or e in allowed)
+        and all(values[a].strip() for a in attributes)
+        and _readable(tokenizer, e)
     ]
     if config.entity_pool is not None and len(candidates) > config.entity_pool:
         rng = np.random.default_rng(config.seed)
@@ -198,14 +223,20 @@ def build_instance(
         batch_size=config.batch_size,
         show_progress=show_progress,
     )
-    outputs = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    outputs = tokenizer.batch_decode(_cut_at_special(tokenizer, generated))
+    labels = [extract_label(text) for text in outputs]
+    keys = label_token_ids(
+        tokenizer, [t % e for t, e in zip(rows_t, rows_e, strict=True)], labels, n=3
+    )
     cells: dict[tuple[str, str], Cell] = {}
-    for t, e, text in zip(rows_t, rows_e, outputs, strict=True):
+    for t, e, text, label, key in zip(rows_t, rows_e, outputs, labels, keys, strict=True):
         truth = release.entity_attributes[e][template_attr[t]]
-        correct = answer_is_correct(release.entity_type, template_attr[t], text, truth)
-        label = extract_label(text)
+        correct = (
+            answer_is_correct(release.entity_type, template_attr[t], text, truth)
+            or not config.require_correct
+        )
         # An output with no first phrase (it starts with punctuation) cannot be a label.
-        cells[(t, e)] = Cell(label=label, correct=correct and bool(label))
+        cells[(t, e)] = Cell(label=label, correct=correct and bool(key), key=tuple(key))
 
     # 3. Entities the model knows best, then the best templates per attribute and split.
     known = {e: sum(cells[(t, e)].correct for t in templates) for e in candidates}
@@ -250,7 +281,7 @@ def build_instance(
         "model_revision": model_revision,
         "entity_type": release.entity_type,
         "attributes": kept_attrs,
-        "config": asdict(config),
+        "config": json.loads(json.dumps(asdict(config))),  # JSON types: survives a round trip
         "n_candidates": len(candidates),
         "entities": {e: release.entity_split[e] for e in entities},
         "templates": {

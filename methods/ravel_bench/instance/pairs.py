@@ -8,7 +8,8 @@
   sources: train entities with templates of the same split.
 
 For a base (entity ``e``, template ``t``), source entities ``e'`` are drawn among those whose
-counterfactual label (the model's output on ``t % e'``) differs from the base label, with weights
+counterfactual label (the model's output on ``t % e'``) differs from the base label in its first 3
+tokens (neither token sequence may start the other: evaluation could not tell them apart), with weights
 ``1 / (c + count of that label among the candidates)`` to flatten the label distribution; the
 source template is then drawn uniformly among the allowed templates (a Wikipedia template that
 names an entity is allowed only for that entity, and strings that are also attribute templates
@@ -41,10 +42,22 @@ class Cell:
     Args:
         label: the first phrase of the output, with its leading space.
         correct: whether the output states the ground truth.
+        key: the label's first tokens (3), tokenized in context: what evaluation compares.
     """
 
     label: str
     correct: bool
+    key: tuple[int, ...] = ()
+
+
+def distinguishable(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether two label keys can be told apart by evaluation (neither is a prefix of the other).
+
+    Evaluation compares the first ``min(len(expected), len(generated))`` tokens, so a label whose
+    tokens start another's cannot separate the two outcomes.
+    """
+    n = min(len(a), len(b))
+    return a[:n] != b[:n]
 
 
 @dataclass(frozen=True)
@@ -120,15 +133,19 @@ def sample_pairs(
         attribute = pools.templates[template][0]
         # Candidate sources for this template: entities the model answers correctly on it.
         known = [e for e in source_entities if pools.cells[(template, e)].correct]
-        known_labels = np.array([pools.cells[(template, e)].label for e in known], dtype=object)
-        counts = Counter(known_labels.tolist())
+        known_labels = [pools.cells[(template, e)].label for e in known]
+        known_keys = [pools.cells[(template, e)].key for e in known]
+        counts = Counter(known_labels)
         weights = np.array([1.0 / (c + counts[label]) for label in known_labels])
+        distinct_keys = list(dict.fromkeys(known_keys))
+        key_index = np.array([distinct_keys.index(k) for k in known_keys], dtype=np.int64)
         for entity in base_entities:
             base = pools.cells[(template, entity)]
             if not base.correct:
                 continue
-            # The base entity has the base label, so this mask also excludes it.
-            usable = known_labels != base.label  # [n_known]
+            # The base entity has the base key, so this mask also excludes it.
+            key_ok = np.array([distinguishable(base.key, k) for k in distinct_keys])
+            usable = key_ok[key_index] if len(known) else np.zeros(0, dtype=bool)  # [n_known]
             if not usable.any():
                 continue
             p = np.where(usable, weights, 0.0)
