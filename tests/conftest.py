@@ -8,6 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from ravel_bench.data import load_release
+from ravel_bench.instance.build import InstanceConfig, build_instance
+from ravel_bench.toy_tokenizer import build_word_tokenizer
 
 RELEASE_TGZ = Path(__file__).resolve().parents[1].parent / "shared" / "ravel" / "data.tgz"
 
@@ -54,6 +59,48 @@ def extracted_release(release_tgz: Path, tmp_path_factory: pytest.TempPathFactor
 def release_dir(extracted_release: Path, tmp_path: Path) -> Path:
     """A private, editable copy of the release folder."""
     return Path(shutil.copytree(extracted_release, tmp_path / "release"))
+
+
+ATTRIBUTES = ("Country", "Continent")
+
+
+@pytest.fixture(scope="session")
+def city(release_tgz):
+    return load_release(release_tgz, ("city",)).types["city"]
+
+
+@pytest.fixture(scope="session")
+def tiny_city(city):
+    by_split: dict[str, list[str]] = {}
+    for entity, split in city.entity_split.items():
+        if entity.isalpha() and len(by_split.setdefault(split, [])) < 5:
+            by_split[split].append(entity)
+    entities = tuple(e for es in by_split.values() for e in es)
+    templates = [t for a in ATTRIBUTES for t in city.attribute_templates[a]]
+    values = [city.entity_attributes[e][a] for e in entities for a in ATTRIBUTES]
+    tokenizer = build_word_tokenizer([*templates, *entities, *values], model_max_length=128)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
+    config = InstanceConfig(
+        attributes=ATTRIBUTES,
+        entities=entities,
+        templates_per_split=(2, 1, 1),
+        min_template_accuracy=0.0,
+        require_correct=False,
+    )
+    instance = build_instance(
+        model, tokenizer, city, config, model_id="tiny-random", show_progress=False
+    )
+    return model, tokenizer, instance, config
 
 
 @pytest.fixture(scope="session")

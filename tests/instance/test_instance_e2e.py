@@ -6,62 +6,19 @@ model's own greedy outputs, which is all the invariants below need.
 
 import datasets
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
 
-from ravel_bench.data import load_release
 from ravel_bench.engine.blocks import EMBEDDINGS
 from ravel_bench.errors import ConfigError
 from ravel_bench.evaluation import evaluate_featurizer
 from ravel_bench.featurizers import parse_featurizer_spec
-from ravel_bench.instance.build import InstanceConfig, build_instance
+from ravel_bench.instance.build import build_instance
 from ravel_bench.instance.repo import load_instance, save_instance
-from ravel_bench.toy_tokenizer import build_word_tokenizer
 
 ATTRIBUTES = ("Country", "Continent")
 
 
-@pytest.fixture(scope="module")
-def city(release_tgz):
-    return load_release(release_tgz, ("city",)).types["city"]
-
-
-@pytest.fixture(scope="module")
-def setup(city):
-    by_split: dict[str, list[str]] = {}
-    for entity, split in city.entity_split.items():
-        if entity.isalpha() and len(by_split.setdefault(split, [])) < 5:
-            by_split[split].append(entity)
-    entities = tuple(e for es in by_split.values() for e in es)
-    templates = [t for a in ATTRIBUTES for t in city.attribute_templates[a]]
-    values = [city.entity_attributes[e][a] for e in entities for a in ATTRIBUTES]
-    tokenizer = build_word_tokenizer([*templates, *entities, *values], model_max_length=128)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    ).eval()
-    config = InstanceConfig(
-        attributes=ATTRIBUTES,
-        entities=entities,
-        templates_per_split=(2, 1, 1),
-        min_template_accuracy=0.0,
-        require_correct=False,
-    )
-    instance = build_instance(
-        model, tokenizer, city, config, model_id="tiny-random", show_progress=False
-    )
-    return model, tokenizer, instance, config
-
-
-def test_instance_contents(setup, city):
-    _, _, instance, _ = setup
+def test_instance_contents(tiny_city, city):
+    _, _, instance, _ = tiny_city
     meta = instance.metadata
     assert meta["attributes"] == list(ATTRIBUTES) and meta["model_id"] == "tiny-random"
     assert len(meta["entities"]) == 15
@@ -80,8 +37,8 @@ def test_instance_contents(setup, city):
             assert p["input"] == p["base_template"] % p["entity"]
 
 
-def test_same_seed_same_instance(setup, city):
-    model, tokenizer, instance, config = setup
+def test_same_seed_same_instance(tiny_city, city):
+    model, tokenizer, instance, config = tiny_city
     again = build_instance(
         model, tokenizer, city, config, model_id="tiny-random", show_progress=False
     )
@@ -100,8 +57,8 @@ def _check_rows(result, cause_correct: bool) -> None:
 
 
 @pytest.mark.parametrize("setting", ["entity", "context"])
-def test_noop_isolates_everything_and_causes_nothing(setup, setting):
-    model, tokenizer, instance, _ = setup
+def test_noop_isolates_everything_and_causes_nothing(tiny_city, setting):
+    model, tokenizer, instance, _ = tiny_city
     result = evaluate_featurizer(
         model,
         tokenizer,
@@ -116,8 +73,8 @@ def test_noop_isolates_everything_and_causes_nothing(setup, setting):
 
 
 @pytest.mark.parametrize("setting", ["entity", "context"])
-def test_full_swap_at_embeddings_causes_everything(setup, setting):
-    model, tokenizer, instance, _ = setup
+def test_full_swap_at_embeddings_causes_everything(tiny_city, setting):
+    model, tokenizer, instance, _ = tiny_city
     result = evaluate_featurizer(
         model,
         tokenizer,
@@ -131,8 +88,8 @@ def test_full_swap_at_embeddings_causes_everything(setup, setting):
     _check_rows(result, cause_correct=True)
 
 
-def test_context_test_scores_in_saebench_layout(setup):
-    model, tokenizer, instance, _ = setup
+def test_context_test_scores_in_saebench_layout(tiny_city):
+    model, tokenizer, instance, _ = tiny_city
     result = evaluate_featurizer(
         model,
         tokenizer,
@@ -150,8 +107,8 @@ def test_context_test_scores_in_saebench_layout(setup):
     }
 
 
-def test_batch_size_does_not_change_predictions(setup):
-    model, tokenizer, instance, _ = setup
+def test_batch_size_does_not_change_predictions(tiny_city):
+    model, tokenizer, instance, _ = tiny_city
     featurizer = parse_featurizer_spec("random:4", 32, seed=1)
     rows = [
         [
@@ -173,8 +130,8 @@ def test_batch_size_does_not_change_predictions(setup):
     assert rows[0] == rows[1] == rows[2]
 
 
-def test_save_load_round_trip_and_load_dataset(setup, tmp_path):
-    _, _, instance, _ = setup
+def test_save_load_round_trip_and_load_dataset(tiny_city, tmp_path):
+    _, _, instance, _ = tiny_city
     folder = save_instance(instance, tmp_path / "inst")
     loaded = load_instance(folder)
     assert loaded.pairs == instance.pairs and loaded.metadata == instance.metadata
@@ -185,7 +142,7 @@ def test_save_load_round_trip_and_load_dataset(setup, tmp_path):
         save_instance(instance, folder)
 
 
-def test_unknown_setting_split(setup):
-    _, _, instance, _ = setup
+def test_unknown_setting_split(tiny_city):
+    _, _, instance, _ = tiny_city
     with pytest.raises(ConfigError, match="no 'entity' pairs for split 'dev'"):
         instance.split("entity", "dev")

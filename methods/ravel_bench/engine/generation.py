@@ -17,7 +17,8 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _forward_kwargs(model: nn.Module) -> tuple[str, dict]:
+def forward_kwargs(model: nn.Module) -> tuple[str, dict]:
+    """The cache keyword of ``model.forward`` and ``{logits_to_keep: 1}`` if it takes one."""
     params = inspect.signature(model.forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"
     extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -44,7 +45,7 @@ def greedy_generate(
     Returns:
         ``[batch, max_new_tokens]`` generated token ids.
     """
-    cache_kw, extra = _forward_kwargs(model)
+    cache_kw, extra = forward_kwargs(model)
     mask = batch["attention_mask"]
     positions = position_ids_from_mask(mask)
     out = model(

@@ -20,18 +20,25 @@ def encode_with_entity_positions(
     tokenizer: PreTrainedTokenizerBase,
     templates: Sequence[str],
     entities: Sequence[str],
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    suffixes: Sequence[str] | None = None,
+    *,
+    return_offsets: bool = False,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor] | tuple[
+    dict[str, torch.Tensor], torch.Tensor, torch.Tensor
+]:
     """Tokenize filled templates with left padding and find each entity's last token.
 
     Args:
         tokenizer: a fast tokenizer (it must return offsets); padding side is forced to left.
         templates: one template (with one ``%s``) per row.
         entities: the entity filled into each template.
+        suffixes: text appended to each prompt (e.g. a label for teacher forcing).
+        return_offsets: also return the ``[batch, pos, 2]`` character offsets.
 
     Returns:
         ``(batch, positions)``: ``batch`` has ``input_ids`` and ``attention_mask``
         ``[batch, pos]``; ``positions`` ``[batch]`` indexes the entity's last token in the padded
-        row.
+        row. With ``return_offsets``, the offsets come third.
 
     Raises:
         IncompatibleModelError: the tokenizer returns no offsets (not a fast tokenizer).
@@ -43,11 +50,12 @@ def encode_with_entity_positions(
             hint="load the tokenizer with AutoTokenizer.from_pretrained(..., use_fast=True)",
         )
     prompts = [t % e for t, e in zip(templates, entities, strict=True)]
+    texts = prompts if suffixes is None else [p + s for p, s in zip(prompts, suffixes, strict=True)]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         enc = tokenizer(
-            prompts,
+            texts,
             padding=True,
             return_tensors="pt",
             return_offsets_mapping=True,
@@ -73,4 +81,5 @@ def encode_with_entity_positions(
             "characters",
             hint="check that the template's %s is where the entity goes",
         )
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, positions
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    return (batch, positions, offsets) if return_offsets else (batch, positions)

@@ -30,7 +30,12 @@ class TrainableRotation(nn.Module):
             init = torch.randn(d_model, k, generator=generator, dtype=torch.float64)
             q, _ = torch.linalg.qr(init)  # [d_model, k]
             self.proj.weight.copy_(q.T.float())
-        parametrizations.orthogonal(self.proj)
+        # The parametrization completes the k rows to a square orthogonal base with random
+        # columns drawn from the global generator: seed it here, and leave global state as it was.
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            parametrizations.orthogonal(self.proj)
 
     @property
     def directions(self) -> torch.Tensor:

@@ -1,0 +1,103 @@
+"""Training of DAS, MDAS, DBM and MDBM on the tiny random city model."""
+
+import pytest
+import torch
+
+from ravel_bench.errors import ConfigError
+from ravel_bench.featurizers import IdentityFeaturizer, RotationFeaturizer
+from ravel_bench.featurizers.mask import TrainableMask
+from ravel_bench.training import TrainConfig, train_intervention, training_examples
+
+ATTRIBUTE = "Country"  # the tiny instance's train pairs all query Country
+
+
+def _train(tiny_city, method: str, **overrides):
+    model, tokenizer, instance, _ = tiny_city
+    config = TrainConfig(
+        method=method, k=4, epochs=4, batch_size=4, lr=1e-2, log_every=1, **overrides
+    )
+    return train_intervention(
+        model,
+        tokenizer,
+        instance,
+        ATTRIBUTE,
+        0,
+        config,
+        show_progress=False,
+        model_id="tiny-random",
+    )
+
+
+@pytest.mark.parametrize("method", ["das", "mdas"])
+def test_rotation_rows_stay_orthonormal_and_loss_drops(tiny_city, method):
+    featurizer, history = _train(tiny_city, method)
+    assert isinstance(featurizer, RotationFeaturizer)
+    r = featurizer.directions
+    assert r.shape == (4, 32)
+    torch.testing.assert_close(r @ r.T, torch.eye(4), atol=1e-5, rtol=0)
+    # Mean loss over the same examples: the first epoch against the last.
+    first = [h["loss"] for h in history if h["epoch"] == 0]
+    last = [h["loss"] for h in history if h["epoch"] == history[-1]["epoch"]]
+    assert sum(last) / len(last) < sum(first) / len(first)
+    config = featurizer.config
+    assert (config.method, config.attribute, config.layer, config.site) == (
+        method,
+        ATTRIBUTE,
+        0,
+        "blocks.0.resid_post",
+    )
+    assert config.base_model == "tiny-random" and config.n_layers == 2
+
+
+def test_training_is_deterministic(tiny_city):
+    a, _ = _train(tiny_city, "das")
+    b, _ = _train(tiny_city, "das")
+    assert torch.equal(a.directions, b.directions)
+    c, _ = _train(tiny_city, "das", seed=1)
+    assert not torch.equal(a.directions, c.directions)
+
+
+@pytest.mark.parametrize("method", ["dbm", "mdbm"])
+def test_masks_are_evaluated_hard(tiny_city, method):
+    featurizer, history = _train(tiny_city, method)
+    assert isinstance(featurizer, IdentityFeaturizer)
+    assert featurizer.mask.dtype == torch.bool
+    base, source = torch.randn(3, 32), torch.randn(3, 32)
+    expected = torch.where(featurizer.mask, source, base)  # hard: each neuron all or nothing
+    assert torch.equal(featurizer.intervene(base, source), expected)
+    assert featurizer.config.k == int(featurizer.mask.sum())
+
+
+def test_trainable_mask_soft_then_hard():
+    mask = TrainableMask(4)
+    with torch.no_grad():
+        mask.logits.copy_(torch.tensor([2.0, -1.0, 0.5, -3.0]))
+    mask.set_progress(0.0)
+    assert torch.allclose(mask.soft_mask(), torch.sigmoid(mask.logits))
+    mask.set_progress(1.0)
+    assert mask.temperature == pytest.approx(0.01)
+    assert mask.hard_mask().tolist() == [True, False, True, False]
+    exported = mask.export("dbm")
+    assert exported.mask.tolist() == [True, False, True, False]
+
+
+def test_multitask_examples_mix_isolate_rows(tiny_city):
+    _, _, instance, _ = tiny_city
+    das = training_examples(instance, ATTRIBUTE, TrainConfig(method="das"))
+    assert {e.kind for e in das} == {"cause"}
+    pairs = instance.split("train", "train")
+    assert len(das) == sum(p["attribute"] == ATTRIBUTE for p in pairs)
+    assert all(
+        e.target == p["inv_label"]
+        for e, p in zip(das, [p for p in pairs if p["attribute"] == ATTRIBUTE], strict=True)
+    )
+
+
+def test_bad_config_and_missing_attribute(tiny_city):
+    _, _, instance, _ = tiny_city
+    with pytest.raises(ConfigError, match="TrainConfig.method='pca'"):
+        TrainConfig(method="pca")
+    with pytest.raises(ConfigError, match="TrainConfig.k=0"):
+        TrainConfig(k=0)
+    with pytest.raises(ConfigError, match="no train pairs querying 'Timezone'"):
+        training_examples(instance, "Timezone", TrainConfig())
