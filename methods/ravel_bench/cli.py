@@ -58,15 +58,6 @@ def _cmd_instance(args: argparse.Namespace) -> int:
     from ravel_bench.models import load_model
 
     start = time.perf_counter()
-    config = InstanceConfig(
-        entity_type=args.entity_type,
-        attributes=tuple(a.strip() for a in args.attributes.split(",")) if args.attributes else (),
-        n_entities=args.n_entities,
-        entity_pool=args.entity_pool,
-        max_pairs_per_split=args.max_pairs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
     loaded = load_model(
         args.model,
         dtype=args.dtype,
@@ -76,6 +67,18 @@ def _cmd_instance(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
     )
     release = load_release(args.source, (args.entity_type,)).types[args.entity_type]
+    attributes = tuple(a.strip() for a in args.attributes.split(",")) if args.attributes else ()
+    config = InstanceConfig(
+        entity_type=args.entity_type,
+        # A toy model knows only the facts it was trained on: query just those.
+        attributes=attributes or loaded.known_attributes,
+        entities=loaded.known_entities,
+        n_entities=args.n_entities,
+        entity_pool=args.entity_pool,
+        max_pairs_per_split=args.max_pairs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     instance = build_instance(
         loaded.model,
         loaded.tokenizer,
@@ -115,7 +118,16 @@ def run_evaluation(
     from ravel_bench.evaluation import evaluate_featurizer
     from ravel_bench.featurizers import parse_featurizer_spec
 
-    featurizer = parse_featurizer_spec(featurizer_spec, hidden_size(loaded.model), seed=seed)
+    name = featurizer_spec.partition(":")[0]
+    if name in ("noop", "full", "random") or not (
+        Path(featurizer_spec).is_dir() or featurizer_spec.count("/") == 1
+    ):
+        featurizer = parse_featurizer_spec(featurizer_spec, hidden_size(loaded.model), seed=seed)
+    else:  # a saved featurizer: a folder or a Hub repo id
+        from ravel_bench.hub import check_compatible, load_featurizer
+
+        featurizer = load_featurizer(featurizer_spec)
+        check_compatible(featurizer, loaded.model, name=featurizer_spec)
     return {
         layer_name(layer): evaluate_featurizer(
             loaded.model,
@@ -203,7 +215,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         loaded.model,
         loaded.tokenizer,
         release,
-        InstanceConfig(entity_type="city"),
+        InstanceConfig(
+            entity_type="city",
+            attributes=loaded.known_attributes,
+            entities=loaded.known_entities,
+        ),
         model_id=loaded.model_id,
         show_progress=show,
     )
@@ -240,6 +256,142 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _out("stage times: " + "; ".join(f"{name} {sec:.1f} s" for name, sec in stages.items()))
     _out(f"results written to {out / 'results.json'}")
     return 0
+
+
+def _instance_for(args: argparse.Namespace, loaded, out: Path):
+    """Load ``--instance``, or build one for the model (saved under ``out / "instance"``)."""
+    from ravel_bench.data import load_release
+    from ravel_bench.instance.build import InstanceConfig, build_instance
+    from ravel_bench.instance.repo import load_instance, save_instance
+
+    if args.instance:
+        instance = load_instance(args.instance)
+        if instance.metadata["model_id"] != loaded.model_id:
+            raise ConfigError(
+                f"instance {args.instance} was built for {instance.metadata['model_id']}, "
+                f"not {loaded.model_id}",
+                hint="pass the instance's model with --model, or omit --instance to build one",
+            )
+        return instance
+    cached = out / "instance"
+    if (cached / "instance.json").is_file():
+        return load_instance(cached)
+    release = load_release(args.source, (args.entity_type,)).types[args.entity_type]
+    config = InstanceConfig(
+        entity_type=args.entity_type,
+        attributes=loaded.known_attributes,
+        entities=loaded.known_entities,
+        seed=args.seed,
+    )
+    instance = build_instance(
+        loaded.model,
+        loaded.tokenizer,
+        release,
+        config,
+        model_id=loaded.model_id,
+        model_revision=loaded.revision,
+        show_progress=not args.quiet,
+    )
+    save_instance(instance, cached, overwrite=True)
+    return instance
+
+
+def _benchmark_config(args: argparse.Namespace, methods: tuple[str, ...], layer: int):
+    from ravel_bench.benchmark import BenchmarkConfig
+    from ravel_bench.training import TrainConfig
+
+    train = TrainConfig(
+        lr=args.lr, batch_size=args.train_batch_size, epochs=args.epochs, seed=args.seed
+    )
+    return BenchmarkConfig(
+        methods=methods,
+        layer=layer,
+        k=args.dim,
+        train=train,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ravel_bench.benchmark import train_featurizer
+    from ravel_bench.data import load_release
+    from ravel_bench.engine.blocks import decoder_blocks, parse_layer
+    from ravel_bench.models import load_model
+
+    out = Path(args.output)
+    loaded = load_model(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        revision=args.revision,
+        release_source=args.source,
+        show_progress=not args.quiet,
+    )
+    instance = _instance_for(args, loaded, out)
+    if args.attribute not in instance.attributes:
+        raise ConfigError(
+            f"attribute {args.attribute!r} is not in the instance; it has {instance.attributes}"
+        )
+    layer = parse_layer(args.layer, len(decoder_blocks(loaded.model)))
+    release = load_release(args.source, (args.entity_type,)).types[args.entity_type]
+    config = _benchmark_config(args, (args.method,), layer)
+    start = time.perf_counter()
+    featurizer = train_featurizer(
+        args.method, loaded, instance, release, args.attribute, config, not args.quiet
+    )
+    featurizer.save_pretrained(out)
+    _out(
+        f"{args.method} featurizer for {args.attribute} at {featurizer.config.site} "
+        f"(k={featurizer.config.k}) trained in {time.perf_counter() - start:.1f} s, saved to {out}"
+    )
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from ravel_bench.benchmark import ALL_METHODS, run_benchmark
+    from ravel_bench.data import load_release
+    from ravel_bench.engine.blocks import decoder_blocks, parse_layer
+    from ravel_bench.models import load_model
+
+    out = Path(args.output)
+    loaded = load_model(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        revision=args.revision,
+        release_source=args.source,
+        show_progress=not args.quiet,
+    )
+    instance = _instance_for(args, loaded, out)
+    n_layers = len(decoder_blocks(loaded.model))
+    layer = parse_layer(args.layer, n_layers) if args.layer else (n_layers - 1) // 2
+    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else ALL_METHODS
+    release = load_release(args.source, (args.entity_type,)).types[args.entity_type]
+    start = time.perf_counter()
+    run_benchmark(
+        loaded,
+        instance,
+        release,
+        _benchmark_config(args, methods, layer),
+        out,
+        show_progress=not args.quiet,
+    )
+    _out((out / "leaderboard.md").read_text())
+    _out(f"benchmark finished in {time.perf_counter() - start:.1f} s; results in {out}")
+    return 0
+
+
+def _add_training(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--entity-type", default="city", help="entity type (default: city)")
+    parser.add_argument("--instance", default=None, help="instance folder (default: build one)")
+    parser.add_argument("--dim", type=int, default=8, help="k: subspace size (default 8)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (DAS/DBM family)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    parser.add_argument("--train-batch-size", type=int, default=16, help="training batch size")
+    parser.add_argument("--seed", type=int, default=0)
+    _add_model(parser, default="toy")
+    _add_source(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("evaluate", help="score a featurizer on an instance split")
     ev.add_argument("--instance", required=True, help="instance folder")
     ev.add_argument(
-        "--featurizer", required=True, help="noop, full, or random:K (K random directions)"
+        "--featurizer",
+        required=True,
+        help="noop, full, random:K (K random directions), or a saved featurizer folder/repo id",
     )
     ev.add_argument(
         "--layer", required=True, help="block index, 'embeddings', 'all', or a comma list"
@@ -301,10 +455,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
+    train = commands.add_parser("train", help="train one featurizer and save it")
+    train.add_argument("--method", required=True, help="pca, sae, rlap, dbm, mdbm, das or mdas")
+    train.add_argument("--attribute", required=True, help="target attribute, e.g. Country")
+    train.add_argument("--layer", required=True, help="block index or 'embeddings'")
+    train.add_argument("--output", required=True, help="folder to save the featurizer in")
+    _add_training(train)
+    train.set_defaults(func=_cmd_train)
+
+    bench = commands.add_parser("benchmark", help="train and evaluate methods; write a leaderboard")
+    bench.add_argument("--methods", default="", help="comma list (default: all ten)")
+    bench.add_argument("--layer", default="", help="block index (default: the middle block)")
+    bench.add_argument("--output", required=True, help="output folder (resumable)")
+    _add_training(bench)
+    bench.set_defaults(func=_cmd_benchmark)
+
     demo = commands.add_parser("demo", help="the main job on the embedded default model")
     demo.add_argument("--out", default="build/demo", help="output folder (default build/demo)")
     _add_source(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    from ravel_bench.hub import add_push_parser
+
+    add_push_parser(commands)
     return parser
 
 

@@ -6,6 +6,7 @@ through ``AutoModelForCausalLM.from_pretrained`` exactly like a Hub model. Its m
 cache folder name (``toy-llama-city-6x128-<hash>``), which is what instances record.
 """
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from ravel_bench.data import default_cache_dir, load_release
-from ravel_bench.errors import ConfigError
+from ravel_bench.errors import ConfigError, IncompatibleModelError
+from ravel_bench.toy_model import METADATA_FILE as TOY_METADATA_FILE
 from ravel_bench.toy_model import TINY_TOY_CONFIG, ToyModelConfig, build_toy_model
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,17 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     model_id: str
     revision: str | None = None
+    trained_facts: dict | None = None
+
+    @property
+    def known_entities(self) -> tuple[str, ...]:
+        """Entities a toy model was trained on (empty for other models)."""
+        return tuple((self.trained_facts or {}).get("entities", {}))
+
+    @property
+    def known_attributes(self) -> tuple[str, ...]:
+        """Attributes a toy model was trained on (empty for other models)."""
+        return tuple((self.trained_facts or {}).get("attributes", ()))
 
 
 def default_device() -> str:
@@ -96,9 +109,18 @@ def load_model(
     if device == "auto":
         kwargs["device_map"] = "auto"
     logger.info("loading model %s (%s, %s)", model_id, dtype, device)
-    lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    except (OSError, ValueError, KeyError) as exc:
+        raise IncompatibleModelError(
+            f"cannot load {model!r} as a causal LM with a tokenizer: {str(exc).splitlines()[0]}",
+            hint="pass a Hub id or a folder written by save_pretrained (model + tokenizer); "
+            "offline, the model must already be in the local Hub cache",
+        ) from exc
     if device != "auto":
         lm = lm.to(device)
     lm.eval().requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-    return LoadedModel(lm, tokenizer, model_id, revision)
+    facts_file = Path(path) / TOY_METADATA_FILE
+    facts = json.loads(facts_file.read_text()) if facts_file.is_file() else None
+    return LoadedModel(lm, tokenizer, model_id, revision, facts)

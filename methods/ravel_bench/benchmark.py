@@ -1,0 +1,325 @@
+"""Train and evaluate every method for every attribute of an instance; write a leaderboard.
+
+Layout of the output folder (resumable: a finished (method, attribute) is never redone)::
+
+    OUT/featurizers/{method}-{attribute}/   saved featurizer (config.json + model.safetensors)
+    OUT/evals/{method}-{attribute}.json     its scores on the Entity and Context test splits
+    OUT/results.json                        {method: {"entity": {...}, "context": {...}}, ...}
+    OUT/leaderboard.md                      Cause / Isolate / Disentangle per method and setting
+    OUT/cause_vs_isolate.png                the paper's scatter plot
+
+Scores of a method average its per-attribute scores (each attribute scored with the featurizer
+trained for it) over the instance's attributes. Baselines (``full``, ``noop``, ``random``) use one
+featurizer for every attribute.
+"""
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ravel_bench.data import EntityTypeRelease
+from ravel_bench.engine.blocks import decoder_blocks, hidden_size, site_name
+from ravel_bench.errors import ConfigError
+from ravel_bench.evaluation import evaluate_featurizer
+from ravel_bench.featurizers.base import Featurizer
+from ravel_bench.featurizers.registry import parse_featurizer_spec
+from ravel_bench.hub import load_featurizer, save_featurizer
+from ravel_bench.instance.build import RavelInstance
+from ravel_bench.models import LoadedModel
+from ravel_bench.training import INTERVENTION_METHODS, TrainConfig, train_intervention
+
+logger = logging.getLogger(__name__)
+
+LEARNED_METHODS = ("pca", "sae", "rlap", "dbm", "mdbm", "das", "mdas")
+BASELINE_METHODS = ("full", "noop", "random")
+ALL_METHODS = LEARNED_METHODS + BASELINE_METHODS
+SETTINGS = ("entity", "context")
+METRICS = ("cause", "isolate", "disentangle")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """What to run.
+
+    Args:
+        methods: method names (see :data:`ALL_METHODS`).
+        layer: intervention layer (``-1`` embeddings, else block index).
+        k: subspace size of DAS, MDAS, RLAP and the random baseline.
+        split: evaluation split of both settings.
+        train: hyperparameters of the intervention methods (``method`` is overridden).
+        seed: seed of every method.
+        batch_size: prompts per forward pass at evaluation.
+    """
+
+    methods: tuple[str, ...] = ALL_METHODS
+    layer: int = 0
+    k: int = 8
+    split: str = "test"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in ALL_METHODS]
+        if unknown:
+            raise ConfigError(f"unknown methods {unknown}; choose among {', '.join(ALL_METHODS)}")
+
+
+def _stamp(featurizer: Featurizer, **fields) -> Featurizer:
+    featurizer.config = replace(featurizer.config, **fields)
+    return featurizer
+
+
+def train_featurizer(
+    method: str,
+    loaded: LoadedModel,
+    instance: RavelInstance,
+    release: EntityTypeRelease,
+    attribute: str,
+    config: BenchmarkConfig,
+    show_progress: bool = True,
+) -> Featurizer:
+    """Train one featurizer of ``method`` for ``attribute`` at ``config.layer``."""
+    model, tokenizer, layer = loaded.model, loaded.tokenizer, config.layer
+    if method in INTERVENTION_METHODS:
+        train_config = replace(config.train, method=method, k=config.k, seed=config.seed)
+        featurizer, _ = train_intervention(
+            model,
+            tokenizer,
+            instance,
+            attribute,
+            layer,
+            train_config,
+            show_progress=show_progress,
+            model_id=loaded.model_id,
+            model_revision=loaded.revision,
+        )
+        return featurizer
+    common = {"seed": config.seed, "show_progress": show_progress, "batch_size": config.batch_size}
+    if method == "pca":
+        from ravel_bench.featurizers.pca import train_pca
+
+        featurizer = train_pca(model, tokenizer, instance, release, attribute, layer, **common)
+    elif method == "sae":
+        from ravel_bench.featurizers.sae import train_sae
+
+        featurizer = train_sae(model, tokenizer, instance, release, attribute, layer, **common)
+    elif method == "rlap":
+        from ravel_bench.featurizers.rlap import train_rlap
+
+        featurizer = train_rlap(
+            model, tokenizer, instance, release, attribute, layer, k=config.k, **common
+        )
+    else:
+        raise ConfigError(f"{method!r} is not a trainable method")
+    return _stamp(
+        featurizer,
+        base_model=loaded.model_id,
+        base_model_revision=loaded.revision,
+        n_layers=len(decoder_blocks(model)),
+        layer=layer,
+        site=site_name(layer),
+        entity_type=instance.metadata.get("entity_type", ""),
+        attribute=attribute,
+    )
+
+
+def _recipe(method: str, config: BenchmarkConfig) -> dict:
+    """The training recipe recorded in a featurizer's card."""
+    recipe: dict = {"method": method, "seed": config.seed, "layer": config.layer}
+    if method in INTERVENTION_METHODS:
+        train = replace(config.train, method=method, k=config.k, seed=config.seed)
+        recipe.update({k: v for k, v in vars(train).items() if k != "log_every"})
+    elif method == "rlap":
+        recipe["k"] = config.k
+    return recipe
+
+
+def _baseline(method: str, d_model: int, config: BenchmarkConfig) -> Featurizer:
+    spec = f"random:{config.k}" if method == "random" else method
+    return parse_featurizer_spec(spec, d_model, seed=config.seed)
+
+
+def run_benchmark(
+    loaded: LoadedModel,
+    instance: RavelInstance,
+    release: EntityTypeRelease,
+    config: BenchmarkConfig,
+    out_dir: str | Path,
+    *,
+    show_progress: bool = True,
+    on_done: Callable[[str, str], None] | None = None,
+) -> dict:
+    """Train and evaluate every (method, attribute); return ``results.json``'s content.
+
+    Args:
+        loaded: the instance's model.
+        instance: its instance (train pairs for training, test pairs for evaluation).
+        release: the release files of the instance's entity type (labels for PCA/SAE/RLAP).
+        config: methods, layer, k, split, hyperparameters.
+        out_dir: output folder; existing per-(method, attribute) results are reused.
+        on_done: called with ``(method, attribute)`` after each finished unit.
+    """
+    out = Path(out_dir)
+    (out / "featurizers").mkdir(parents=True, exist_ok=True)
+    (out / "evals").mkdir(parents=True, exist_ok=True)
+    d_model = hidden_size(loaded.model)
+    units = [(m, a) for m in config.methods for a in instance.attributes]
+    for method, attribute in tqdm(units, desc="benchmark", disable=not show_progress):
+        eval_path = out / "evals" / f"{method}-{attribute}.json"
+        if eval_path.is_file():
+            logger.info("%s/%s already evaluated: reusing %s", method, attribute, eval_path)
+            continue
+        folder = out / "featurizers" / f"{method}-{attribute}"
+        if method in BASELINE_METHODS:
+            featurizer = _baseline(method, d_model, config)
+        elif (folder / "model.safetensors").is_file():
+            featurizer = load_featurizer(folder)
+        else:
+            try:
+                featurizer = train_featurizer(
+                    method, loaded, instance, release, attribute, config, show_progress
+                )
+            except ConfigError as exc:  # e.g. no train pair queries this attribute
+                logger.warning("skipping %s for %s: %s", method, attribute, exc)
+                skipped = {setting: None for setting in SETTINGS} | {"skipped": str(exc)}
+                eval_path.write_text(json.dumps(skipped, indent=1) + "\n")
+                continue
+            save_featurizer(featurizer, folder)  # saved before evaluation: resumable
+        record = {}
+        for setting in SETTINGS:
+            result = evaluate_featurizer(
+                loaded.model,
+                loaded.tokenizer,
+                instance,
+                {attribute: featurizer},
+                config.layer,
+                setting,
+                config.split,
+                batch_size=config.batch_size,
+                show_progress=show_progress,
+                config={"featurizer": method},
+            )
+            record[setting] = result.scores["per_attribute"].get(attribute)
+        if method not in BASELINE_METHODS:
+            scores = {
+                setting: {config.split: {m: record[setting][m] for m in METRICS}}
+                for setting in SETTINGS
+                if record[setting]
+            }
+            save_featurizer(featurizer, folder, scores=scores, training=_recipe(method, config))
+        eval_path.write_text(json.dumps(record, indent=1) + "\n")
+        if on_done is not None:
+            on_done(method, attribute)
+    results = aggregate(out, config.methods, instance.attributes)
+    meta = {
+        "model_id": loaded.model_id,
+        "entity_type": instance.metadata.get("entity_type"),
+        "layer": config.layer,
+        "site": site_name(config.layer),
+        "k": config.k,
+        "split": config.split,
+        "seed": config.seed,
+    }
+    (out / "results.json").write_text(json.dumps({**results, "_meta": meta}, indent=1) + "\n")
+    (out / "leaderboard.md").write_text(leaderboard_markdown(results, meta))
+    plot_cause_vs_isolate(results, out / "cause_vs_isolate.png")
+    return results
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return math.fsum(kept) / len(kept) if kept else None
+
+
+def aggregate(out: Path, methods: tuple[str, ...], attributes: list[str]) -> dict:
+    """Average per-attribute scores into ``{method: {setting: {metric}}}`` plus the detail."""
+    results: dict = {}
+    for method in methods:
+        per_attribute = {}
+        for attribute in attributes:
+            path = out / "evals" / f"{method}-{attribute}.json"
+            if path.is_file():
+                per_attribute[attribute] = json.loads(path.read_text())
+        entry: dict = {"per_attribute": per_attribute}
+        for setting in SETTINGS:
+            scored = [r[setting] for r in per_attribute.values() if r.get(setting)]
+            entry[setting] = {m: _mean([s[m] for s in scored]) for m in METRICS}
+        results[method] = entry
+    return results
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def leaderboard_markdown(results: dict, meta: dict) -> str:
+    """A markdown table: Cause / Isolate / Disentangle per method, Entity and Context."""
+    lines = [
+        f"# RAVEL leaderboard: {meta['entity_type']} on `{meta['model_id']}`",
+        "",
+        f"Layer {meta['site']}, k = {meta['k']}, {meta['split']} split, seed {meta['seed']}. "
+        "Scores average the per-attribute scores over target attributes.",
+        "",
+        "| method | Entity cause | Entity isolate | Entity disentangle | Context cause | "
+        "Context isolate | Context disentangle |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def key(item: tuple[str, dict]) -> float:
+        d = item[1]["entity"]["disentangle"]
+        return -(d if d is not None else -1.0)
+
+    for method, entry in sorted(results.items(), key=key):
+        e, c = entry["entity"], entry["context"]
+        lines.append(
+            f"| {method} | {_fmt(e['cause'])} | {_fmt(e['isolate'])} | {_fmt(e['disentangle'])} "
+            f"| {_fmt(c['cause'])} | {_fmt(c['isolate'])} | {_fmt(c['disentangle'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_cause_vs_isolate(results: dict, path: Path) -> None:
+    """Scatter Cause (x) against Isolate (y) per method, one panel per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    for ax, setting in zip(axes, SETTINGS, strict=True):
+        for method, entry in results.items():
+            s = entry[setting]
+            if s["cause"] is None or s["isolate"] is None:
+                continue
+            ax.scatter(s["cause"], s["isolate"], s=40)
+            ax.annotate(
+                method,
+                (s["cause"], s["isolate"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=9,
+            )
+        ax.plot([0, 1], [1, 0], linestyle=":", color="grey", linewidth=1)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("Cause")
+        ax.set_title(f"{setting.capitalize()} test")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Isolate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+__all__ = [
+    "ALL_METHODS",
+    "BenchmarkConfig",
+    "run_benchmark",
+    "train_featurizer",
+]

@@ -1,0 +1,48 @@
+"""The benchmark loop on the tiny random city model: outputs, averaging and resuming."""
+
+import json
+
+import pytest
+
+import ravel_bench.benchmark as benchmark
+from ravel_bench.benchmark import BenchmarkConfig, run_benchmark
+from ravel_bench.errors import ConfigError
+from ravel_bench.models import LoadedModel
+from ravel_bench.training import TrainConfig
+
+
+@pytest.fixture
+def loaded(tiny_city):
+    model, tokenizer, _, _ = tiny_city
+    return LoadedModel(model, tokenizer, "tiny-random")
+
+
+def test_benchmark_writes_leaderboard_and_resumes(tiny_city, city, loaded, tmp_path, monkeypatch):
+    _, _, instance, _ = tiny_city
+    config = BenchmarkConfig(
+        methods=("das", "full", "noop"),
+        layer=0,
+        k=4,
+        train=TrainConfig(epochs=1, batch_size=4, lr=1e-2),
+    )
+    results = run_benchmark(loaded, instance, city, config, tmp_path, show_progress=False)
+    assert set(results) == {"das", "full", "noop"}
+    noop = results["noop"]
+    assert noop["context"]["cause"] == 0.0 and noop["context"]["isolate"] == 1.0
+    for name in ("results.json", "leaderboard.md", "cause_vs_isolate.png"):
+        assert (tmp_path / name).is_file()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["_meta"]["site"] == "blocks.0.resid_post"
+    assert "| noop |" in (tmp_path / "leaderboard.md").read_text()
+    das = tmp_path / "featurizers" / "das-Country"
+    assert (das / "model.safetensors").is_file() and (das / "README.md").is_file()
+
+    calls = []
+    monkeypatch.setattr(benchmark, "train_featurizer", lambda *a, **k: calls.append(a))
+    again = run_benchmark(loaded, instance, city, config, tmp_path, show_progress=False)
+    assert calls == [] and again == results  # finished units are reused, not redone
+
+
+def test_unknown_method():
+    with pytest.raises(ConfigError, match="unknown methods \\['lda'\\]"):
+        BenchmarkConfig(methods=("lda",))

@@ -1,0 +1,139 @@
+"""The command line: evaluate on a saved instance, layer sweeps, and its one-line errors."""
+
+import json
+from dataclasses import replace
+
+import pyarrow.parquet as pq
+import pytest
+
+from ravel_bench.cli import main
+from ravel_bench.instance.repo import save_instance
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_city, tmp_path_factory):
+    """The tiny model saved as a folder, and its instance recording that folder as model id."""
+    model, tokenizer, instance, _ = tiny_city
+    root = tmp_path_factory.mktemp("cli")
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    instance = replace(instance, metadata={**instance.metadata, "model_id": str(root / "model")})
+    save_instance(instance, root / "instance")
+    return root
+
+
+def test_evaluate_one_layer(saved, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "-q",
+            "evaluate",
+            "--instance",
+            str(saved / "instance"),
+            "--featurizer",
+            "noop",
+            "--layer",
+            "1",
+            "--setting",
+            "context",
+            "--split",
+            "test",
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["eval_result_metrics"]["ravel"]["isolation_score"] == 1.0
+    assert results["eval_config"]["site"] == "blocks.1.resid_post"
+    table = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert {"input", "source_input", "expected", "generated", "correct", "kind"} <= set(table[0])
+    assert "noop on city context/test" in capsys.readouterr().out
+
+
+def test_evaluate_layer_sweep(saved, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = main(
+        [
+            "-q",
+            "evaluate",
+            "--instance",
+            str(saved / "instance"),
+            "--featurizer",
+            "full",
+            "--layer",
+            "all",
+            "--setting",
+            "entity",
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 0
+    layers = json.loads((out / "results.json").read_text())["layers"]
+    assert list(layers) == ["embeddings", "0", "1"]
+    ravel = layers["embeddings"]["eval_result_metrics"]["ravel"]
+    assert ravel["cause_score"] in (1.0, None)
+    printed = capsys.readouterr().out
+    assert "embeddings" in printed and "\n1 " in printed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--layer", "7"], "error: layer 7 is out of range: this model has 2 blocks (0..1)"),
+        (["--layer", "middle"], "error: layer 'middle' is not 'embeddings' or a block index 0..1"),
+        (["--layer", "0", "--featurizer", "pca"], "error: unknown featurizer 'pca'"),
+    ],
+)
+def test_evaluate_errors(saved, tmp_path, capsys, args, message):
+    featurizer = [] if "--featurizer" in args else ["--featurizer", "full"]
+    base = ["evaluate", "--instance", str(saved / "instance"), "--output", str(tmp_path / "x")]
+    assert main([*base, *featurizer, *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_instance_for_another_model(saved, tiny_city, tmp_path, capsys):
+    model, tokenizer, _, _ = tiny_city
+    model.save_pretrained(tmp_path / "other")
+    tokenizer.save_pretrained(tmp_path / "other")
+    args = [
+        "evaluate",
+        "--instance",
+        str(saved / "instance"),
+        "--featurizer",
+        "full",
+        "--layer",
+        "0",
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    assert main([*args, "--model", str(tmp_path / "other")]) == 1
+    assert f"was built for {saved / 'model'}, not {tmp_path / 'other'}" in capsys.readouterr().err
+    assert main([*args, "--model", str(saved / "instance")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot load" in err and "as a causal LM with a tokenizer" in err
+
+
+def test_missing_instance(tmp_path, capsys):
+    code = main(
+        [
+            "evaluate",
+            "--instance",
+            str(tmp_path),
+            "--featurizer",
+            "full",
+            "--layer",
+            "0",
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 1
+    assert "is not a RAVEL instance: instance.json is missing" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2():
+    assert main([]) == 2
+    assert main(["evaluate", "--featurizer", "full"]) == 2
