@@ -20,6 +20,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/ravel-bench dataset build --source $(RAVEL_SOURCE) --out $(OUT) --overwrite
+	RAVEL_RELEASE=$(RAVEL_SOURCE) $(BIN)/ravel-bench demo --out build/demo
 
 lint: setup
 	$(BIN)/ruff check .

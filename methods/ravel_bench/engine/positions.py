@@ -23,9 +23,10 @@ def encode_with_entity_positions(
     suffixes: Sequence[str] | None = None,
     *,
     return_offsets: bool = False,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor] | tuple[
-    dict[str, torch.Tensor], torch.Tensor, torch.Tensor
-]:
+) -> (
+    tuple[dict[str, torch.Tensor], torch.Tensor]
+    | tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]
+):
     """Tokenize filled templates with left padding and find each entity's last token.
 
     Args:

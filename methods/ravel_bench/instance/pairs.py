@@ -13,12 +13,14 @@ tokens (neither token sequence may start the other: evaluation could not tell th
 ``1 / (c + count of that label among the candidates)`` to flatten the label distribution; the
 source template is then drawn uniformly among the allowed templates (a Wikipedia template that
 names an entity is allowed only for that entity, and strings that are also attribute templates
-are never used as Wikipedia contexts). Only (entity, template) cells the model answers correctly
+are never used as Wikipedia contexts, nor are the few that glue the entity to a word, as in
+``%sspor``). Only (entity, template) cells the model answers correctly
 are used, for the base and for the counterfactual. Drawing among differing labels is equivalent to
 dropping pairs with ``label == inv_label`` and redrawing; a base with no such candidate gets no
 pair. Every draw uses a numpy Generator seeded from the config seed, the setting and the split.
 """
 
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 OTHER = "Other"
+# A few Wikipedia prefixes glue the entity to a word ("%sspor"): it is no token of its own there.
+_GLUED = re.compile(r"\w%s|%s\w")
 SETTINGS: tuple[tuple[str, str], ...] = (
     ("train", "train"),
     ("entity", "val"),
@@ -119,7 +123,9 @@ def sample_pairs(
     base_templates = sorted(t for t, (_, s) in pools.templates.items() if s == base_ts)
     source_attr_templates = sorted(t for t, (_, s) in pools.templates.items() if s == src_ts)
     wiki = sorted(
-        t for t, (s, _) in pools.wikipedia.items() if s == src_ts and t not in pools.templates
+        t
+        for t, (s, _) in pools.wikipedia.items()
+        if s == src_ts and t not in pools.templates and not _GLUED.search(t)
     )
     wiki_any = [t for t in wiki if pools.wikipedia[t][1] is None]
     wiki_named: dict[str, list[str]] = {}
