@@ -37,6 +37,20 @@ def _out(line: str) -> None:
     sys.stdout.write(line + "\n")
 
 
+def _load_model(args: argparse.Namespace, model: str | None = None):
+    """Load ``model`` (default ``--model``) with the command's dtype, device and revision."""
+    from ravel_bench.models import load_model
+
+    return load_model(
+        model or args.model,
+        dtype=args.dtype,
+        device=args.device,
+        revision=args.revision,
+        release_source=args.source,
+        show_progress=not args.quiet,
+    )
+
+
 def _release_source(args: argparse.Namespace) -> str:
     return args.source
 
@@ -55,17 +69,9 @@ def _cmd_instance(args: argparse.Namespace) -> int:
     from ravel_bench.data import load_release
     from ravel_bench.instance.build import InstanceConfig, build_instance
     from ravel_bench.instance.repo import save_instance
-    from ravel_bench.models import load_model
 
     start = time.perf_counter()
-    loaded = load_model(
-        args.model,
-        dtype=args.dtype,
-        device=args.device,
-        revision=args.revision,
-        release_source=args.source,
-        show_progress=not args.quiet,
-    )
+    loaded = _load_model(args)
     release = load_release(args.source, (args.entity_type,)).types[args.entity_type]
     attributes = tuple(a.strip() for a in args.attributes.split(",")) if args.attributes else ()
     config = InstanceConfig(
@@ -148,20 +154,12 @@ def run_evaluation(
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ravel_bench.engine.blocks import decoder_blocks, parse_layers
     from ravel_bench.instance.repo import load_instance
-    from ravel_bench.models import load_model
     from ravel_bench.report import results_table, save_json, save_predictions
 
     instance = load_instance(args.instance)
     instance_model = instance.metadata["model_id"]
     model_name = args.model or instance_model
-    loaded = load_model(
-        model_name,
-        dtype=args.dtype,
-        device=args.device,
-        revision=args.revision,
-        release_source=args.source,
-        show_progress=not args.quiet,
-    )
+    loaded = _load_model(args, model_name)
     if instance_model and loaded.model_id != instance_model:
         raise ConfigError(
             f"instance {args.instance} was built for {instance_model}, not {loaded.model_id}",
@@ -317,17 +315,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ravel_bench.benchmark import train_featurizer
     from ravel_bench.data import load_release
     from ravel_bench.engine.blocks import decoder_blocks, parse_layer
-    from ravel_bench.models import load_model
 
     out = Path(args.output)
-    loaded = load_model(
-        args.model,
-        dtype=args.dtype,
-        device=args.device,
-        revision=args.revision,
-        release_source=args.source,
-        show_progress=not args.quiet,
-    )
+    loaded = _load_model(args)
     instance = _instance_for(args, loaded, out)
     if args.attribute not in instance.attributes:
         raise ConfigError(
@@ -352,17 +342,9 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from ravel_bench.benchmark import ALL_METHODS, run_benchmark
     from ravel_bench.data import load_release
     from ravel_bench.engine.blocks import decoder_blocks, parse_layer
-    from ravel_bench.models import load_model
 
     out = Path(args.output)
-    loaded = load_model(
-        args.model,
-        dtype=args.dtype,
-        device=args.device,
-        revision=args.revision,
-        release_source=args.source,
-        show_progress=not args.quiet,
-    )
+    loaded = _load_model(args)
     instance = _instance_for(args, loaded, out)
     n_layers = len(decoder_blocks(loaded.model))
     layer = parse_layer(args.layer, n_layers) if args.layer else (n_layers - 1) // 2
