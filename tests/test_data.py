@@ -50,6 +50,7 @@ def test_folder_and_tgz_give_the_same_release(release_tgz, extracted_release):
 def test_known_defects_are_reported(release_tgz):
     defects = {(d.entity_type, d.kind): d for d in load_release(release_tgz).defects}
     assert set(defects) == {
+        ("city", "mis_encoded_values"),
         ("nobel_prize_winner", "empty_entity"),
         ("nobel_prize_winner", "template_in_both_lists"),
         ("occupation", "attribute_without_values"),
@@ -61,6 +62,8 @@ def test_known_defects_are_reported(release_tgz):
     both = defects[("nobel_prize_winner", "template_in_both_lists")].description
     assert both.startswith("15 strings") and "6 of them have conflicting splits" in both
     assert "'Gender Bias'" in defects[("occupation", "attribute_without_values")].description
+    garbled = defects[("city", "mis_encoded_values")].description
+    assert garbled.startswith("44 values look mis-encoded")
 
 
 def test_missing_file(release_dir):

@@ -39,6 +39,8 @@ LENGTH_UNITS = frozenset({"mm", "cm", "m", "km"})
 # Attributes with at most this many distinct values are treated as categorical when looking for
 # near-duplicate values ("non-living thing" / "non-living things").
 _CATEGORICAL_MAX_VALUES = 50
+# Characters that appear when UTF-8 text was decoded as Mac Roman ("√°") or Latin-1 ("Ã¡").
+_MOJIBAKE = re.compile(r"√|Ã.|Â")
 
 
 def release_file_names(entity_type: str) -> dict[str, str]:
@@ -390,6 +392,21 @@ def _find_defects(
                 "empty_value",
                 f"{len(partial)} empty values: " + ", ".join(f"{e!r}/{a}" for e, a in partial[:10]),
                 "kept as empty strings; skip them when building a model-specific instance",
+            )
+        )
+    garbled = sorted(
+        (e, a) for e, vs in entity_attributes.items() for a, v in vs.items() if _MOJIBAKE.search(v)
+    )
+    if garbled:
+        defects.append(
+            ReleaseDefect(
+                entity_type,
+                "mis_encoded_values",
+                f"{len(garbled)} values look mis-encoded (UTF-8 read as Mac Roman or Latin-1, "
+                "e.g. 'Aimar√°' for 'Aimará'): "
+                + ", ".join(f"{e!r}/{a}={entity_attributes[e][a]!r}" for e, a in garbled[:5]),
+                "values kept as released; a model will rarely produce them, so those cells "
+                "mostly drop out of model-specific instances",
             )
         )
     no_truth = [a for a in attribute_templates if a not in attributes]

@@ -229,14 +229,20 @@ def build_instance(
         tokenizer, [t % e for t, e in zip(rows_t, rows_e, strict=True)], labels, n=3
     )
     cells: dict[tuple[str, str], Cell] = {}
-    for t, e, text, label, key in zip(rows_t, rows_e, outputs, labels, keys, strict=True):
+    generated_rows = generated.tolist()
+    for t, e, text, label, key, gen in zip(
+        rows_t, rows_e, outputs, labels, keys, generated_rows, strict=True
+    ):
         truth = release.entity_attributes[e][template_attr[t]]
         correct = (
             answer_is_correct(release.entity_type, template_attr[t], text, truth)
             or not config.require_correct
         )
-        # An output with no first phrase (it starts with punctuation) cannot be a label.
-        cells[(t, e)] = Cell(label=label, correct=correct and bool(key), key=tuple(key))
+        # A label must re-tokenize, in context, into the tokens the model generated: an output
+        # with no first phrase, or one cut inside a token (e.g. "√°," in mis-encoded release
+        # values), cannot be compared token by token and is not used.
+        usable = bool(key) and gen[: len(key)] == key
+        cells[(t, e)] = Cell(label=label, correct=correct and usable, key=tuple(key))
 
     # 3. Entities the model knows best, then the best templates per attribute and split.
     known = {e: sum(cells[(t, e)].correct for t in templates) for e in candidates}
