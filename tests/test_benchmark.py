@@ -46,3 +46,20 @@ def test_benchmark_writes_leaderboard_and_resumes(tiny_city, city, loaded, tmp_p
 def test_unknown_method():
     with pytest.raises(ConfigError, match="unknown methods \\['lda'\\]"):
         BenchmarkConfig(methods=("lda",))
+
+
+def test_attribute_independent_work_is_done_once(tiny_city, city, loaded, tmp_path, monkeypatch):
+    import ravel_bench.featurizers.pca as pca_module
+
+    _, _, instance, _ = tiny_city
+    fits = []
+    real_fit = pca_module.fit_pca
+    monkeypatch.setattr(pca_module, "fit_pca", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    config = BenchmarkConfig(methods=("pca",), layer=0, k=4)
+    run_benchmark(loaded, instance, city, config, tmp_path, show_progress=False)
+    assert len(fits) == 1  # one PCA for both attributes
+    for attribute in ("Country", "Continent"):
+        saved = json.loads(
+            (tmp_path / "featurizers" / f"pca-{attribute}" / "config.json").read_text()
+        )
+        assert saved["attribute"] == attribute and saved["base_model"] == "tiny-random"

@@ -22,12 +22,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ravel_bench.activations import collect_attribute_activations
 from ravel_bench.data import EntityTypeRelease
-from ravel_bench.engine.blocks import decoder_blocks, hidden_size, site_name
+from ravel_bench.engine.blocks import hidden_size, site_name
 from ravel_bench.errors import ConfigError
 from ravel_bench.evaluation import evaluate_featurizer
 from ravel_bench.featurizers.base import Featurizer
+from ravel_bench.featurizers.pca import train_pca
 from ravel_bench.featurizers.registry import parse_featurizer_spec
+from ravel_bench.featurizers.rlap import train_rlap
+from ravel_bench.featurizers.sae import train_sae
 from ravel_bench.hub import load_featurizer, save_featurizer
 from ravel_bench.instance.build import RavelInstance
 from ravel_bench.models import LoadedModel
@@ -70,11 +74,6 @@ class BenchmarkConfig:
             raise ConfigError(f"unknown methods {unknown}; choose among {', '.join(ALL_METHODS)}")
 
 
-def _stamp(featurizer: Featurizer, **fields) -> Featurizer:
-    featurizer.config = replace(featurizer.config, **fields)
-    return featurizer
-
-
 def train_featurizer(
     method: str,
     loaded: LoadedModel,
@@ -83,8 +82,16 @@ def train_featurizer(
     attribute: str,
     config: BenchmarkConfig,
     show_progress: bool = True,
+    shared: dict | None = None,
 ) -> Featurizer:
-    """Train one featurizer of ``method`` for ``attribute`` at ``config.layer``."""
+    """Train one featurizer of ``method`` for ``attribute`` at ``config.layer``.
+
+    Every trainer fills the featurizer's config (base model, site, entity type, attribute).
+
+    Args:
+        shared: a dict kept across calls of one run: the train activations and the fitted PCA
+            and SAE, which do not depend on the attribute, are computed once and reused.
+    """
     model, tokenizer, layer = loaded.model, loaded.tokenizer, config.layer
     if method in INTERVENTION_METHODS:
         train_config = replace(config.train, method=method, k=config.k, seed=config.seed)
@@ -100,33 +107,34 @@ def train_featurizer(
             model_revision=loaded.revision,
         )
         return featurizer
-    common = {"seed": config.seed, "show_progress": show_progress, "batch_size": config.batch_size}
-    if method == "pca":
-        from ravel_bench.featurizers.pca import train_pca
-
-        featurizer = train_pca(model, tokenizer, instance, release, attribute, layer, **common)
-    elif method == "sae":
-        from ravel_bench.featurizers.sae import train_sae
-
-        featurizer = train_sae(model, tokenizer, instance, release, attribute, layer, **common)
-    elif method == "rlap":
-        from ravel_bench.featurizers.rlap import train_rlap
-
-        featurizer = train_rlap(
-            model, tokenizer, instance, release, attribute, layer, k=config.k, **common
-        )
-    else:
+    if method not in ("pca", "sae", "rlap"):
         raise ConfigError(f"{method!r} is not a trainable method")
-    return _stamp(
-        featurizer,
-        base_model=loaded.model_id,
-        base_model_revision=loaded.revision,
-        n_layers=len(decoder_blocks(model)),
-        layer=layer,
-        site=site_name(layer),
-        entity_type=instance.metadata.get("entity_type", ""),
-        attribute=attribute,
-    )
+    shared = {} if shared is None else shared
+    if "activations" not in shared:
+        shared["activations"] = collect_attribute_activations(
+            model,
+            tokenizer,
+            instance,
+            release,
+            layer,
+            attributes=instance.attributes,
+            batch_size=config.batch_size,
+            show_progress=show_progress,
+        )
+    common = {
+        "seed": config.seed,
+        "show_progress": show_progress,
+        "activations": shared["activations"],
+    }
+    args = (model, tokenizer, instance, release, attribute, layer)
+    if method == "pca":
+        featurizer = train_pca(*args, pca=shared.get("pca"), **common)
+    elif method == "sae":
+        featurizer = train_sae(*args, sae=shared.get("sae"), **common)
+    else:
+        featurizer = train_rlap(*args, k=config.k, **common)
+    shared.setdefault(method, featurizer)  # PCA/SAE: reused (masks are replaced, not shared)
+    return featurizer
 
 
 def _recipe(method: str, config: BenchmarkConfig) -> dict:
@@ -169,6 +177,7 @@ def run_benchmark(
     (out / "featurizers").mkdir(parents=True, exist_ok=True)
     (out / "evals").mkdir(parents=True, exist_ok=True)
     d_model = hidden_size(loaded.model)
+    shared: dict = {}  # attribute-independent work (activations, PCA, SAE), done once
     units = [(m, a) for m in config.methods for a in instance.attributes]
     for method, attribute in tqdm(units, desc="benchmark", disable=not show_progress):
         eval_path = out / "evals" / f"{method}-{attribute}.json"
@@ -183,7 +192,7 @@ def run_benchmark(
         else:
             try:
                 featurizer = train_featurizer(
-                    method, loaded, instance, release, attribute, config, show_progress
+                    method, loaded, instance, release, attribute, config, show_progress, shared
                 )
             except ConfigError as exc:  # e.g. no train pair queries this attribute
                 logger.warning("skipping %s for %s: %s", method, attribute, exc)
