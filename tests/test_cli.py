@@ -137,3 +137,25 @@ def test_missing_instance(tmp_path, capsys):
 def test_usage_errors_exit_2():
     assert main([]) == 2
     assert main(["evaluate", "--featurizer", "full"]) == 2
+
+
+def test_instance_command_on_the_embedded_test_model(release_tgz, tmp_path, capsys):
+    code = main(
+        [
+            "-q",
+            "instance",
+            "--model",
+            "toy-tiny",
+            "--source",
+            str(release_tgz),
+            "--out",
+            str(tmp_path / "inst"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((tmp_path / "inst" / "instance.json").read_text())
+    assert meta["model_id"].startswith("toy-llama-city-2x64-")
+    # A toy model is queried only on the entities and attributes it was trained on.
+    assert meta["n_candidates"] == 20
+    assert set(meta["attributes"]) <= {"Continent", "Country"}
+    assert "pairs" in capsys.readouterr().out

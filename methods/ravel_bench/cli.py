@@ -37,6 +37,29 @@ def _out(line: str) -> None:
     sys.stdout.write(line + "\n")
 
 
+def _build_instance(loaded, source: str, entity_type: str, show_progress: bool, **fields):
+    """Build ``loaded``'s instance of ``entity_type`` with ``InstanceConfig`` ``fields``.
+
+    A toy model knows only the facts it was trained on: unless ``fields`` choose attributes,
+    only its attributes are queried, and always only its entities (both empty for other models).
+    """
+    from ravel_bench.data import load_release
+    from ravel_bench.instance.build import InstanceConfig, build_instance
+
+    release = load_release(source, (entity_type,)).types[entity_type]
+    fields["attributes"] = fields.get("attributes") or loaded.known_attributes
+    config = InstanceConfig(entity_type=entity_type, entities=loaded.known_entities, **fields)
+    return build_instance(
+        loaded.model,
+        loaded.tokenizer,
+        release,
+        config,
+        model_id=loaded.model_id,
+        model_revision=loaded.revision,
+        show_progress=show_progress,
+    )
+
+
 def _load_model(args: argparse.Namespace, model: str | None = None):
     """Load ``model`` (default ``--model``) with the command's dtype, device and revision."""
     from ravel_bench.models import load_model
@@ -66,33 +89,22 @@ def _cmd_toy_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_instance(args: argparse.Namespace) -> int:
-    from ravel_bench.data import load_release
-    from ravel_bench.instance.build import InstanceConfig, build_instance
     from ravel_bench.instance.repo import save_instance
 
     start = time.perf_counter()
     loaded = _load_model(args)
-    release = load_release(args.source, (args.entity_type,)).types[args.entity_type]
     attributes = tuple(a.strip() for a in args.attributes.split(",")) if args.attributes else ()
-    config = InstanceConfig(
-        entity_type=args.entity_type,
-        # A toy model knows only the facts it was trained on: query just those.
-        attributes=attributes or loaded.known_attributes,
-        entities=loaded.known_entities,
+    instance = _build_instance(
+        loaded,
+        args.source,
+        args.entity_type,
+        not args.quiet,
+        attributes=attributes,
         n_entities=args.n_entities,
         entity_pool=args.entity_pool,
         max_pairs_per_split=args.max_pairs,
         batch_size=args.batch_size,
         seed=args.seed,
-    )
-    instance = build_instance(
-        loaded.model,
-        loaded.tokenizer,
-        release,
-        config,
-        model_id=loaded.model_id,
-        model_revision=loaded.revision,
-        show_progress=not args.quiet,
     )
     out = save_instance(instance, args.out, overwrite=args.overwrite)
     meta = instance.metadata
@@ -193,9 +205,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ravel_bench.data import load_release
     from ravel_bench.engine.blocks import EMBEDDINGS, decoder_blocks, hidden_size
-    from ravel_bench.instance.build import InstanceConfig, build_instance
     from ravel_bench.instance.repo import save_instance
     from ravel_bench.models import load_model
     from ravel_bench.report import results_table, save_json
@@ -208,19 +218,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     stages["embedded model (build or cache)"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    release = load_release(args.source, ("city",)).types["city"]
-    instance = build_instance(
-        loaded.model,
-        loaded.tokenizer,
-        release,
-        InstanceConfig(
-            entity_type="city",
-            attributes=loaded.known_attributes,
-            entities=loaded.known_entities,
-        ),
-        model_id=loaded.model_id,
-        show_progress=show,
-    )
+    instance = _build_instance(loaded, args.source, "city", show)
     save_instance(instance, out / "instance", overwrite=True)
     stages["city instance"] = time.perf_counter() - start
 
@@ -258,8 +256,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _instance_for(args: argparse.Namespace, loaded, out: Path):
     """Load ``--instance``, or build one for the model (saved under ``out / "instance"``)."""
-    from ravel_bench.data import load_release
-    from ravel_bench.instance.build import InstanceConfig, build_instance
     from ravel_bench.instance.repo import load_instance, save_instance
 
     if args.instance:
@@ -274,21 +270,8 @@ def _instance_for(args: argparse.Namespace, loaded, out: Path):
     cached = out / "instance"
     if (cached / "instance.json").is_file():
         return load_instance(cached)
-    release = load_release(args.source, (args.entity_type,)).types[args.entity_type]
-    config = InstanceConfig(
-        entity_type=args.entity_type,
-        attributes=loaded.known_attributes,
-        entities=loaded.known_entities,
-        seed=args.seed,
-    )
-    instance = build_instance(
-        loaded.model,
-        loaded.tokenizer,
-        release,
-        config,
-        model_id=loaded.model_id,
-        model_revision=loaded.revision,
-        show_progress=not args.quiet,
+    instance = _build_instance(
+        loaded, args.source, args.entity_type, not args.quiet, seed=args.seed
     )
     save_instance(instance, cached, overwrite=True)
     return instance
