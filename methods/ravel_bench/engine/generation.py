@@ -6,6 +6,7 @@ only, keeps position ids right under left padding for every architecture, and sk
 >= 5, ``past_key_values`` before).
 """
 
+import functools
 import inspect
 
 import torch
@@ -19,10 +20,15 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def forward_kwargs(model: nn.Module) -> tuple[str, dict]:
     """The cache keyword of ``model.forward`` and ``{logits_to_keep: 1}`` if it takes one."""
-    params = inspect.signature(model.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-    return cache_kw, extra
+    cache_kw, keeps_logits = _forward_signature(type(model))
+    return cache_kw, ({"logits_to_keep": 1} if keeps_logits else {})
+
+
+@functools.cache
+def _forward_signature(model_class: type) -> tuple[str, bool]:
+    """Inspected once per model class: generation and training call this every step."""
+    params = inspect.signature(model_class.forward).parameters
+    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
 
 
 def _output_cache(out: object) -> object:
