@@ -74,16 +74,12 @@ def _load_model(args: argparse.Namespace, model: str | None = None):
     )
 
 
-def _release_source(args: argparse.Namespace) -> str:
-    return args.source
-
-
 def _cmd_toy_model(args: argparse.Namespace) -> int:
     from ravel_bench.models import EMBEDDED_MODEL, TINY_EMBEDDED_MODEL, embedded_model_path
 
     start = time.perf_counter()
     name = TINY_EMBEDDED_MODEL if args.tiny else EMBEDDED_MODEL
-    folder = embedded_model_path(name, _release_source(args), show_progress=not args.quiet)
+    folder = embedded_model_path(name, args.source, show_progress=not args.quiet)
     _out(f"embedded model ready at {folder} ({time.perf_counter() - start:.1f} s)")
     return 0
 
