@@ -12,7 +12,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -125,13 +124,14 @@ def evaluate_featurizer(
     label_ids = label_token_ids(tokenizer, inputs, [p["label"] for p in pairs], MAX_NEW_TOKENS)
     inv_ids = label_token_ids(tokenizer, inputs, [p["inv_label"] for p in pairs], MAX_NEW_TOKENS)
 
-    generated_by_featurizer: dict[int, torch.Tensor] = {}
+    # A featurizer shared by several targets is run (and decoded) once.
+    generated_by_featurizer: dict[int, tuple[list[list[int]], list[str]]] = {}
     predictions, references, target_col, queried_col, template_col, rows = [], [], [], [], [], []
     for target, featurizer in per_target.items():
         key = id(featurizer)
-        if key not in generated_by_featurizer:  # a shared featurizer is run once
+        if key not in generated_by_featurizer:
             featurizer = featurizer.to(source.device).eval()
-            generated_by_featurizer[key] = intervened_generate(
+            tokens = intervened_generate(
                 model,
                 tokenizer,
                 base_t,
@@ -143,8 +143,11 @@ def evaluate_featurizer(
                 batch_size=batch_size,
                 show_progress=show_progress,
             )
-        generated = generated_by_featurizer[key].tolist()
-        texts = tokenizer.batch_decode(generated_by_featurizer[key], skip_special_tokens=True)
+            generated_by_featurizer[key] = (
+                tokens.tolist(),
+                tokenizer.batch_decode(tokens, skip_special_tokens=True),
+            )
+        generated, texts = generated_by_featurizer[key]
         for i, pair in enumerate(pairs):
             cause = pair["attribute"] == target
             expected = inv_ids[i] if cause else label_ids[i]
