@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RAVEL_SOURCE ?= $(if $(wildcard ../shared/ravel/data.tgz),../shared/ravel/data.tgz,https://github.com/explanare/ravel/raw/main/data.tgz)
 OUT ?= build/ravel
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ lint: setup
 
 test: setup lint
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The benchmark extra (pyvene, the baseline) goes into the same venv; torch stays the pinned one.
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run --release $(RAVEL_SOURCE)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -28,7 +28,8 @@ from ravel_bench.engine.blocks import decoder_blocks, hidden_size, site_name
 from ravel_bench.engine.generation import forward_kwargs, position_ids_from_mask
 from ravel_bench.engine.hooks import patch_first_pass
 from ravel_bench.engine.interchange import model_device, source_vectors
-from ravel_bench.engine.positions import encode_with_entity_positions
+from ravel_bench.engine.positions import encode_rows, encode_with_entity_span
+from ravel_bench.engine.prefix import PrefixTable, build_prefix_table, rest_inputs, split_before
 from ravel_bench.errors import ConfigError
 from ravel_bench.featurizers.base import Featurizer
 from ravel_bench.featurizers.mask import TrainableMask
@@ -155,25 +156,37 @@ def training_examples(
 
 
 def teacher_forced_batch(
-    tokenizer: PreTrainedTokenizerBase, examples: list[Example], n_label_tokens: int = LABEL_TOKENS
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    n_label_tokens: int = LABEL_TOKENS,
+    *,
+    return_starts: bool = False,
+) -> (
+    tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]
+    | tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]
+):
     """Tokenize ``prompt + target`` (left-padded) and mark the target's first tokens.
 
     Returns:
         ``(batch, positions, label_mask)``: ``batch`` has ``input_ids``/``attention_mask``
         ``[batch, pos]``; ``positions`` ``[batch]`` the base entity's last token;
         ``label_mask`` bool ``[batch, pos]`` marks the target tokens (at most
-        ``n_label_tokens`` per row) that the loss predicts.
+        ``n_label_tokens`` per row) that the loss predicts. With ``return_starts``, the base
+        entity's first token ``[batch]`` comes fourth.
     """
     templates = [e.base_template for e in examples]
     entities = [e.entity for e in examples]
-    batch, positions, offsets = encode_with_entity_positions(
-        tokenizer, templates, entities, [e.target for e in examples], return_offsets=True
+    batch, starts, positions, offsets = encode_with_entity_span(
+        tokenizer, templates, entities, [e.target for e in examples]
     )
     prompt_len = torch.tensor([len(t % e) for t, e in zip(templates, entities, strict=True)])
-    starts, ends = offsets[..., 0], offsets[..., 1]  # [batch, pos]
-    is_label = batch["attention_mask"].bool() & (ends > prompt_len[:, None]) & (ends > starts)
+    ends = offsets[..., 1]  # [batch, pos]
+    is_label = (
+        batch["attention_mask"].bool() & (ends > prompt_len[:, None]) & (ends > offsets[..., 0])
+    )
     label_mask = is_label & (is_label.long().cumsum(dim=1) <= n_label_tokens)  # [batch, pos]
+    if return_starts:
+        return batch, positions, label_mask, starts
     return batch, positions, label_mask
 
 
@@ -184,21 +197,44 @@ def _counterfactual_loss(
     label_mask: torch.Tensor,
     layer: int,
     edit: Callable[[torch.Tensor], torch.Tensor],
+    starts: torch.Tensor | None = None,
+    table: PrefixTable | None = None,
 ) -> torch.Tensor:
-    """Mean cross entropy of the label tokens after the intervened prompt."""
+    """Mean cross entropy of the label tokens after the intervened prompt.
+
+    With ``starts`` (each row's entity's first token), the tokens before it are not run with the
+    edit: their KV cache comes from ``table`` (prefixes run once for the whole training) or, for
+    prefixes it lacks, from one pass without gradients; only the rest of each row is run with
+    the edit and differentiated (:mod:`ravel_bench.engine.prefix`). The loss is the same.
+    """
+    cache = None
+    split = split_before(batch, starts) if starts is not None else None
+    if split is not None:
+        if table is None or any(k and k not in table for k in split.keys):
+            # Before the patch: the edit must hit the rest's pass, not the prefixes'.
+            table = build_prefix_table(model, split.keys, max_rows=len(split.keys), min_count=1)
+        cache, prefix_mask = table.select(split.keys)
+        inputs = rest_inputs(split.rest, prefix_mask)
+        positions = positions.to(prefix_mask.device) - split.shift
+        label_mask = label_mask[:, split.shift :]
+    else:
+        inputs = {
+            **batch,
+            "position_ids": position_ids_from_mask(batch["attention_mask"]),
+        }
     # Targets are suffixes of left-padded rows: only the last `keep` positions need logits.
     first_label = label_mask.float().argmax(dim=1).min()  # earliest target token in the batch
     keep = min(int(label_mask.shape[1] - first_label) + 1, label_mask.shape[1])
-    _, extra = forward_kwargs(model)
+    cache_kw, extra = forward_kwargs(model)
     with patch_first_pass(model, layer, positions, edit):
         out = model(
-            **batch,
-            position_ids=position_ids_from_mask(batch["attention_mask"]),
-            use_cache=False,
+            **inputs,
+            use_cache=cache is not None,
+            **({} if cache is None else {cache_kw: cache}),
             **({"logits_to_keep": keep} if extra else {}),
         )
     logits = out.logits[:, -keep:-1]  # [batch, keep - 1, vocab]: predictions of the last keep - 1
-    targets = batch["input_ids"][:, -keep + 1 :]  # [batch, keep - 1]
+    targets = inputs["input_ids"][:, -keep + 1 :]  # [batch, keep - 1]
     mask = label_mask[:, -keep + 1 :]  # [batch, keep - 1]
     return nn.functional.cross_entropy(logits[mask].float(), targets[mask])
 
@@ -253,6 +289,16 @@ def train_intervention(
         layer,
         show_progress=show_progress,
     ).float()  # [examples, d_model]
+    # The base prompts' prefixes before the entity, run once for the whole training.
+    encoded = encode_rows(
+        tokenizer, [e.base_template for e in examples], [e.entity for e in examples]
+    )
+    table = build_prefix_table(
+        model,
+        [tuple(ids[:f]) for ids, f in zip(encoded.ids, encoded.first, strict=True)],
+        max_rows=4 * config.batch_size,
+        min_count=1,
+    )
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = config.epochs * steps_per_epoch
@@ -274,8 +320,8 @@ def train_intervention(
         order = torch.randperm(len(examples), generator=generator)
         for start in range(0, len(examples), config.batch_size):
             rows = order[start : start + config.batch_size]
-            batch, positions, label_mask = teacher_forced_batch(
-                tokenizer, [examples[i] for i in rows.tolist()]
+            batch, positions, label_mask, starts = teacher_forced_batch(
+                tokenizer, [examples[i] for i in rows.tolist()], return_starts=True
             )
             batch = {k: v.to(device) for k, v in batch.items()}
             src = source[rows.to(device)]  # [batch, d_model]
@@ -287,7 +333,7 @@ def train_intervention(
                     return trainable.intervene(base.float(), src)
 
                 loss = _counterfactual_loss(
-                    model, batch, positions, label_mask.to(device), layer, edit
+                    model, batch, positions, label_mask.to(device), layer, edit, starts, table
                 )
                 total_loss = loss + trainable.regularization().to(loss.device)
                 total_loss.backward()

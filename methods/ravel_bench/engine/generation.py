@@ -38,27 +38,37 @@ def _output_cache(out: object) -> object:
 
 @torch.no_grad()
 def greedy_generate(
-    model: nn.Module, batch: dict[str, torch.Tensor], max_new_tokens: int
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    max_new_tokens: int,
+    *,
+    cache: object | None = None,
 ) -> torch.Tensor:
     """Generate ``max_new_tokens`` tokens greedily after each left-padded prompt.
 
     Args:
         model: a causal LM in eval mode.
-        batch: ``input_ids`` and ``attention_mask`` ``[batch, pos]``, left-padded, on the model's
-            device.
+        batch: ``input_ids`` ``[batch, pos]`` and ``attention_mask``, left-padded, on the model's
+            device; optionally ``position_ids`` ``[batch, pos]`` (else derived from the mask).
+            With a ``cache``, the mask covers the cached tokens too: ``[batch, cached + pos]``.
         max_new_tokens: tokens to generate; generation does not stop at EOS (fixed width).
+        cache: a KV cache holding tokens that precede ``input_ids`` (see
+            :mod:`ravel_bench.engine.prefix`); ``None`` starts from scratch.
 
     Returns:
         ``[batch, max_new_tokens]`` generated token ids.
     """
     cache_kw, extra = forward_kwargs(model)
     mask = batch["attention_mask"]
-    positions = position_ids_from_mask(mask)
+    positions = batch.get("position_ids")
+    if positions is None:
+        positions = position_ids_from_mask(mask)[:, -batch["input_ids"].shape[1] :]
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=mask,
         position_ids=positions,
         use_cache=True,
+        **({} if cache is None else {cache_kw: cache}),
         **extra,
     )
     next_token = out.logits[:, -1].argmax(-1)  # [batch]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ravel_bench.engine.blocks import EMBEDDINGS, decoder_blocks, hidden_size, site_name
+from ravel_bench.engine.generation import forward_kwargs
 from ravel_bench.errors import IncompatibleModelError
 
 HiddenFn = Callable[[torch.Tensor], torch.Tensor | None]
@@ -86,13 +87,17 @@ def residual_at_positions(
     batch: dict[str, torch.Tensor],
     positions: torch.Tensor,
     position_ids: torch.Tensor,
+    *,
+    cache: object | None = None,
 ) -> torch.Tensor:
     """Run ``model`` only up to ``layer`` and return the residual stream at ``positions``.
 
     Args:
-        batch: ``input_ids`` and ``attention_mask`` ``[batch, pos]`` on the model's device.
-        positions: ``[batch]`` token index per row.
+        batch: ``input_ids`` and ``attention_mask`` ``[batch, pos]`` on the model's device (the
+            mask also covers the cached tokens when ``cache`` is given).
+        positions: ``[batch]`` token index per row (in ``input_ids``).
         position_ids: ``[batch, pos]``.
+        cache: a KV cache of earlier tokens (see :mod:`ravel_bench.engine.prefix`), or ``None``.
 
     Returns:
         ``[batch, d_model]`` vectors.
@@ -103,16 +108,29 @@ def residual_at_positions(
         captured.append(gather_positions(hidden, positions))
         raise _StopForward
 
-    with residual_hook(model, layer, capture):
-        try:
-            model(**batch, position_ids=position_ids, use_cache=False)
-        except _StopForward:
-            pass
-    if not captured:
-        raise IncompatibleModelError(
-            f"{site_name(layer)}: the hook never ran during the forward pass"
-        )
+    inputs = {**batch, "position_ids": position_ids, "use_cache": cache is not None}
+    if cache is not None:
+        inputs[forward_kwargs(model)[0]] = cache
+    _run_stopped(model, layer, capture, inputs)
     return captured[0]
+
+
+def run_until(model: nn.Module, layer: int, inputs: dict) -> None:
+    """Call ``model(**inputs)`` and stop once ``layer`` has run (e.g. to fill a KV cache)."""
+
+    def stop(hidden: torch.Tensor) -> None:
+        raise _StopForward
+
+    _run_stopped(model, layer, stop, inputs)
+
+
+def _run_stopped(model: nn.Module, layer: int, fn: HiddenFn, inputs: dict) -> None:
+    with residual_hook(model, layer, fn):
+        try:
+            model(**inputs)
+        except _StopForward:
+            return
+    raise IncompatibleModelError(f"{site_name(layer)}: the hook never ran during the forward pass")
 
 
 @contextmanager

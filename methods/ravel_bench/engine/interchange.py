@@ -1,9 +1,10 @@
 """Interchange interventions: cache source vectors, then generate from patched base runs.
 
 Prompts are ``template % entity``; the intervention site is the entity's last token (found from
-offsets), base and source each at their own position. Sources run only up to the intervention
-layer and are computed once per distinct (template, entity). Work is batched by token length to
-keep padding small.
+offsets), base and source each at their own position. Prompts are tokenized once. Sources run
+only up to the intervention layer and only up to their entity's last token (later tokens cannot
+reach it), once per distinct token sequence. Prefixes before the entity that several rows share
+run once (:mod:`ravel_bench.engine.prefix`), and rows are batched by prefix, then length.
 """
 
 import logging
@@ -14,9 +15,11 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from ravel_bench.engine.blocks import EMBEDDINGS, hidden_size
 from ravel_bench.engine.generation import greedy_generate, position_ids_from_mask
 from ravel_bench.engine.hooks import patch_first_pass, residual_at_positions
-from ravel_bench.engine.positions import encode_with_entity_positions
+from ravel_bench.engine.positions import encode_rows, pad_left
+from ravel_bench.engine.prefix import build_prefix_table, rest_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,17 @@ def length_sorted_batches(
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _batches(order: list[int], cut: list[bool], batch_size: int) -> list[list[int]]:
+    """Consecutive rows of ``order`` in batches; rows cut at a cached prefix and whole rows are
+    never mixed."""
+    groups = [[i for i in order if cut[i]], [i for i in order if not cut[i]]]
+    return [g[i : i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -52,29 +66,69 @@ def source_vectors(
 ) -> torch.Tensor:
     """Residual-stream vectors at the entity's last token, one per row.
 
-    Each distinct (template, entity) runs once, only up to ``layer``.
+    Each distinct prompt runs once, only up to ``layer`` and only up to its entity's last token
+    (prompts whose tokens agree up to there share a vector); a prefix shared by several prompts
+    runs once.
 
     Returns:
         ``[rows, d_model]`` on the model's device, in the model's dtype.
     """
     keys = list(dict.fromkeys(zip(templates, entities, strict=True)))
-    index = {key: i for i, key in enumerate(keys)}
+    if not keys:
+        return torch.empty(0, hidden_size(model), device=model_device(model))
+    key_index = {key: i for i, key in enumerate(keys)}
+    encoded = encode_rows(tokenizer, [t for t, _ in keys], [e for _, e in keys])
+    # Token sequences up to the entity's last token: what the vector depends on.
+    truncated = [
+        tuple(ids[: last + 1]) for ids, last in zip(encoded.ids, encoded.last, strict=True)
+    ]
+    distinct = list(dict.fromkeys(truncated))
+    seq_index = {seq: i for i, seq in enumerate(distinct)}
+    first = {seq: f for seq, f in zip(truncated, encoded.first, strict=True)}
+    prefixes = [seq[: first[seq]] for seq in distinct]
+    # At the embeddings the vector is the entity token's own: no prefix to share.
+    table = (
+        build_prefix_table(model, prefixes, max_rows=batch_size, layer=layer)
+        if layer != EMBEDDINGS
+        else None
+    )
+    cut = [table is not None and p in table for p in prefixes]
+    order = sorted(
+        range(len(distinct)), key=lambda i: (not cut[i], prefixes[i], len(distinct[i]), i)
+    )
     device = model_device(model)
-    unique = [None] * len(keys)
-    batches = length_sorted_batches(tokenizer, [t % e for t, e in keys], batch_size)
+    pad_id = _pad_id(tokenizer)
+    unique: torch.Tensor | None = None  # [distinct, d_model], filled batch by batch
+    batches = _batches(order, cut, batch_size)
     for rows in tqdm(batches, desc="source vectors", leave=False, disable=not show_progress):
-        batch, positions = encode_with_entity_positions(
-            tokenizer, [keys[i][0] for i in rows], [keys[i][1] for i in rows]
-        )
-        batch = _to_device(batch, device)
-        vectors = residual_at_positions(
-            model, layer, batch, positions, position_ids_from_mask(batch["attention_mask"])
-        )  # [rows, d_model]
-        for j, i in enumerate(rows):
-            unique[i] = vectors[j]
-    logger.debug("source vectors: %d rows, %d distinct prompts", len(templates), len(keys))
-    stacked = torch.stack(unique)  # [distinct, d_model]
-    return stacked[torch.tensor([index[k] for k in zip(templates, entities, strict=True)])]
+        cache = None
+        if cut[rows[0]]:  # a batch is all cut or all whole
+            cache, prefix_mask = table.select([prefixes[i] for i in rows])
+            rest = _to_device(
+                pad_left([distinct[i][len(prefixes[i]) :] for i in rows], pad_id), device
+            )
+            inputs = rest_inputs(rest, prefix_mask)
+            batch = {k: inputs[k] for k in ("input_ids", "attention_mask")}
+            position_ids = inputs["position_ids"]
+        else:
+            batch = _to_device(pad_left([distinct[i] for i in rows], pad_id), device)
+            position_ids = position_ids_from_mask(batch["attention_mask"])
+        # Every row ends with its entity's last token.
+        last = torch.full((len(rows),), batch["input_ids"].shape[1] - 1)
+        vectors = residual_at_positions(model, layer, batch, last, position_ids, cache=cache)
+        if unique is None:
+            unique = vectors.new_empty(len(distinct), vectors.shape[-1])
+        unique[torch.tensor(rows, device=vectors.device)] = vectors  # [rows, d_model]
+    logger.debug(
+        "source vectors: %d rows, %d distinct prompts, %d distinct token sequences",
+        len(templates),
+        len(keys),
+        len(distinct),
+    )
+    rows = torch.tensor(
+        [seq_index[truncated[key_index[k]]] for k in zip(templates, entities, strict=True)]
+    )
+    return unique[rows.to(unique.device)]  # [rows, d_model]
 
 
 @torch.no_grad()
@@ -104,17 +158,34 @@ def intervened_generate(
     Returns:
         ``[rows, max_new_tokens]`` generated token ids, on the CPU.
     """
+    encoded = encode_rows(tokenizer, base_templates, base_entities)
+    prefixes = [tuple(ids[:f]) for ids, f in zip(encoded.ids, encoded.first, strict=True)]
+    table = build_prefix_table(model, prefixes, max_rows=batch_size)
+    cut = [table is not None and p in table for p in prefixes]
+    order = sorted(
+        range(len(prefixes)), key=lambda i: (not cut[i], prefixes[i], -len(encoded.ids[i]), i)
+    )
     device = model_device(model)
-    prompts = [t % e for t, e in zip(base_templates, base_entities, strict=True)]
-    out = torch.empty(len(prompts), max_new_tokens, dtype=torch.long)
-    batches = length_sorted_batches(tokenizer, prompts, batch_size)
+    pad_id = _pad_id(tokenizer)
+    out = torch.empty(len(prefixes), max_new_tokens, dtype=torch.long)
+    batches = _batches(order, cut, batch_size)
     for rows in tqdm(batches, desc="intervened generation", leave=False, disable=not show_progress):
-        batch, positions = encode_with_entity_positions(
-            tokenizer, [base_templates[i] for i in rows], [base_entities[i] for i in rows]
-        )
-        batch = _to_device(batch, device)
+        cache = None
+        start = [encoded.first[i] if cut[i] else 0 for i in rows]  # each row's first token kept
+        kept = [encoded.ids[i][s:] for i, s in zip(rows, start, strict=True)]
+        batch = _to_device(pad_left(kept, pad_id), device)
+        width = batch["input_ids"].shape[1]
+        last = torch.tensor(
+            [
+                width - len(k) + encoded.last[i] - s
+                for i, k, s in zip(rows, kept, start, strict=True)
+            ]
+        )  # [batch]: the entity's last token, in the padded kept rows
+        if cut[rows[0]]:  # a batch is all cut or all whole
+            cache, prefix_mask = table.select([prefixes[i] for i in rows])
+            batch = rest_inputs(batch, prefix_mask)
         if intervene is None:
-            generated = greedy_generate(model, batch, max_new_tokens)
+            generated = greedy_generate(model, batch, max_new_tokens, cache=cache)
         else:
             src = source[torch.tensor(rows, device=source.device)]  # [batch, d_model]
 
@@ -122,7 +193,7 @@ def intervened_generate(
                 # Featurizers compute in float32 whatever the model's dtype.
                 return intervene(base.float(), src.to(base.device).float())
 
-            with patch_first_pass(model, layer, positions, edit):
-                generated = greedy_generate(model, batch, max_new_tokens)
+            with patch_first_pass(model, layer, last, edit):
+                generated = greedy_generate(model, batch, max_new_tokens, cache=cache)
         out[torch.tensor(rows)] = generated.cpu()
     return out

@@ -1,6 +1,7 @@
-"""Find the entity's last token in a filled template, from the tokenizer's offset mapping."""
+"""Find the entity's tokens in a filled template, from the tokenizer's offset mapping."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -45,6 +46,23 @@ def encode_with_entity_positions(
         IncompatibleModelError: the tokenizer returns no offsets (not a fast tokenizer).
         DataFormatError: an entity covers no token (names the prompt).
     """
+    batch, _, last, offsets = encode_with_entity_span(tokenizer, templates, entities, suffixes)
+    return (batch, last, offsets) if return_offsets else (batch, last)
+
+
+def encode_with_entity_span(
+    tokenizer: PreTrainedTokenizerBase,
+    templates: Sequence[str],
+    entities: Sequence[str],
+    suffixes: Sequence[str] | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like :func:`encode_with_entity_positions`, with the entity's first token as well.
+
+    Returns:
+        ``(batch, first, last, offsets)``: ``first`` and ``last`` ``[batch]`` index the
+        entity's first and last token in the padded row (equal for a one-token entity);
+        ``offsets`` ``[batch, pos, 2]``.
+    """
     if not getattr(tokenizer, "is_fast", False):
         raise IncompatibleModelError(
             f"{type(tokenizer).__name__} is not a fast tokenizer: entity positions need offsets",
@@ -70,17 +88,67 @@ def encode_with_entity_positions(
         [entity_char_span(t, e) for t, e in zip(templates, entities, strict=True)]
     )  # [batch, 2]
     starts, ends = offsets[..., 0], offsets[..., 1]  # [batch, pos]
-    # Real, non-empty tokens that overlap the entity's characters; the entity's last token is
-    # the last of them.
+    # Real, non-empty tokens that overlap the entity's characters; the entity's first and last
+    # tokens are the first and last of them.
     hits = mask & (starts < spans[:, 1:]) & (ends > spans[:, :1]) & (ends > starts)  # [batch, pos]
     index = torch.arange(hits.shape[1]).expand_as(hits)
-    positions = torch.where(hits, index, -1).max(dim=1).values  # [batch]
-    if (positions < 0).any():
-        i = int((positions < 0).nonzero()[0, 0])
+    last = torch.where(hits, index, -1).max(dim=1).values  # [batch]
+    first = torch.where(hits, index, hits.shape[1]).min(dim=1).values  # [batch]
+    if (last < 0).any():
+        i = int((last < 0).nonzero()[0, 0])
         raise DataFormatError(
             f"cannot locate entity {entities[i]!r} in prompt {prompts[i]!r}: no token covers its "
             "characters",
             hint="check that the template's %s is where the entity goes",
         )
     batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    return (batch, positions, offsets) if return_offsets else (batch, positions)
+    return batch, first, last, offsets
+
+
+@dataclass(frozen=True)
+class EncodedRows:
+    """Prompts tokenized once, unpadded.
+
+    Args:
+        ids: each row's token ids (special tokens included).
+        first, last: index in ``ids[row]`` of the entity's first and last token.
+    """
+
+    ids: list[list[int]]
+    first: list[int]
+    last: list[int]
+
+
+def encode_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    templates: Sequence[str],
+    entities: Sequence[str],
+    *,
+    chunk_size: int = 1024,
+) -> EncodedRows:
+    """Tokenize every ``template % entity`` once and locate its entity (see
+    :func:`encode_with_entity_span`), a chunk of rows per tokenizer call."""
+    ids: list[list[int]] = []
+    first: list[int] = []
+    last: list[int] = []
+    for start in range(0, len(templates), chunk_size):
+        end = start + chunk_size
+        batch, firsts, lasts, _ = encode_with_entity_span(
+            tokenizer, templates[start:end], entities[start:end]
+        )
+        rows = batch["input_ids"].tolist()
+        pads = (batch["attention_mask"].shape[1] - batch["attention_mask"].sum(dim=1)).tolist()
+        for row, pad, f, e in zip(rows, pads, firsts.tolist(), lasts.tolist(), strict=True):
+            ids.append(row[pad:])
+            first.append(f - pad)
+            last.append(e - pad)
+    return EncodedRows(ids=ids, first=first, last=last)
+
+
+def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad token rows into ``input_ids`` and ``attention_mask`` ``[batch, pos]``."""
+    width = max(len(row) for row in rows)
+    return {
+        "input_ids": torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in rows]),
+        "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows]),
+    }

@@ -1,0 +1,76 @@
+"""The benchmark's helpers: matrix orientation (no pyvene), and pyvene against ravel-bench.
+
+The pyvene tests are skipped where the ``bench`` extra is not installed (as in CI).
+"""
+
+import pytest
+import torch
+
+from benchmarks.orientation import directions_from_pyvene, low_rank_intervene, pyvene_weight
+from benchmarks.workload import ModelShape, build_model, build_workload, distinct_sources
+from ravel_bench.featurizers.baselines import random_subspace
+
+TINY = ModelShape("llama 2x32", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_mlp=64, layer=0)
+
+
+def test_pyvene_weight_is_the_transpose_and_intervenes_the_same():
+    featurizer = random_subspace(32, 4, seed=3)
+    directions = featurizer.directions  # [k, d_model]
+    weight = pyvene_weight(directions)
+    assert weight.shape == (32, 4)
+    torch.testing.assert_close(weight.T @ weight, torch.eye(4), atol=1e-5, rtol=0)
+    assert torch.equal(directions_from_pyvene(weight), directions)
+    base, source = torch.randn(5, 32), torch.randn(5, 32)
+    torch.testing.assert_close(
+        low_rank_intervene(base, source, weight), featurizer.intervene(base, source)
+    )
+    # The wrong orientation is refused rather than silently transposed.
+    with pytest.raises(ValueError, match=r"\[k, d_model\]"):
+        pyvene_weight(weight)
+    with pytest.raises(ValueError, match=r"\[d_model, k\]"):
+        directions_from_pyvene(directions)
+
+
+@pytest.fixture(scope="module")
+def tiny_workload(release_tgz):
+    return build_workload(release_tgz, n_entities=8, templates_per_attribute=2)
+
+
+def test_workload_pairs_are_deterministic(tiny_workload, release_tgz):
+    again = build_workload(release_tgz, n_entities=8, templates_per_attribute=2)
+    assert again.pairs == tiny_workload.pairs
+    subset = tiny_workload.subset(10, seed=1)
+    assert subset == tiny_workload.subset(10, seed=1) and len(subset) == 10
+    assert 0 < distinct_sources(subset) <= 10
+
+
+def test_pyvene_and_ravel_bench_generate_the_same_tokens(tiny_workload):
+    pytest.importorskip("pyvene")
+    from benchmarks import sides
+
+    pairs = tiny_workload.pairs
+    model = build_model(TINY, len(tiny_workload.tokenizer))
+    featurizer = random_subspace(TINY.d_model, 8, seed=0)
+    intervenable = sides.pyvene_intervenable(model, TINY.layer, 8)
+    sides.load_directions(intervenable, featurizer.directions)
+    ours = sides.ravel_eval(model, tiny_workload.tokenizer, pairs, TINY.layer, featurizer, 16)
+    theirs = sides.pyvene_eval(intervenable, tiny_workload.tokenizer, pairs, 16)
+    assert ours.shape == (len(pairs), 3)
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_pyvene_and_ravel_bench_training_losses_agree(tiny_workload):
+    pytest.importorskip("pyvene")
+    from benchmarks import sides
+
+    model = build_model(TINY, len(tiny_workload.tokenizer))
+    instance = tiny_workload.instance()
+    config = sides.das_config("das", batch_size=4, k=4, n_examples=12)
+    _, ours = sides.ravel_train(model, tiny_workload.tokenizer, instance, "Country", 0, config)
+    examples, rotation, batches = sides.training_plan(instance, "Country", TINY.d_model, config)
+    intervenable = sides.pyvene_intervenable(model, 0, config.k)
+    theirs = sides.pyvene_train(
+        intervenable, tiny_workload.tokenizer, examples, rotation, batches, config.lr
+    )
+    assert len(ours) == len(theirs) == 3
+    assert ours == pytest.approx(theirs, rel=1e-4)
