@@ -1,12 +1,19 @@
 """Training of DAS, MDAS, DBM and MDBM on the tiny random city model."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from ravel_bench.errors import ConfigError
+from ravel_bench.errors import ConfigError, DataFormatError
 from ravel_bench.featurizers import IdentityFeaturizer, RotationFeaturizer
 from ravel_bench.featurizers.mask import TrainableMask
-from ravel_bench.training import TrainConfig, train_intervention, training_examples
+from ravel_bench.training import (
+    TrainConfig,
+    teacher_forced_batch,
+    train_intervention,
+    training_examples,
+)
 
 ATTRIBUTE = "Country"  # the tiny instance's train pairs all query Country
 
@@ -101,3 +108,13 @@ def test_bad_config_and_missing_attribute(tiny_city):
         TrainConfig(k=0)
     with pytest.raises(ConfigError, match="no train pairs querying 'Timezone'"):
         training_examples(instance, "Timezone", TrainConfig())
+
+
+def test_example_without_label_tokens_is_refused(tiny_city):
+    """An empty target would make the loss NaN; the batch builder names the example instead."""
+    _, tokenizer, instance, _ = tiny_city
+    good = training_examples(instance, ATTRIBUTE, TrainConfig(method="das"))[0]
+    empty = dataclasses.replace(good, target="")
+    teacher_forced_batch(tokenizer, [good])  # a real example is fine
+    with pytest.raises(DataFormatError, match=f"{empty.entity!r}.*no token after the prompt"):
+        teacher_forced_batch(tokenizer, [good, empty])

@@ -30,7 +30,7 @@ from ravel_bench.engine.hooks import patch_first_pass
 from ravel_bench.engine.interchange import model_device, source_vectors
 from ravel_bench.engine.positions import encode_rows, encode_with_entity_span
 from ravel_bench.engine.prefix import PrefixTable, build_prefix_table, rest_inputs, split_before
-from ravel_bench.errors import ConfigError
+from ravel_bench.errors import ConfigError, DataFormatError
 from ravel_bench.featurizers.base import Featurizer
 from ravel_bench.featurizers.mask import TrainableMask
 from ravel_bench.featurizers.rotation import TrainableRotation
@@ -185,6 +185,14 @@ def teacher_forced_batch(
         batch["attention_mask"].bool() & (ends > prompt_len[:, None]) & (ends > offsets[..., 0])
     )
     label_mask = is_label & (is_label.long().cumsum(dim=1) <= n_label_tokens)  # [batch, pos]
+    missing = ~label_mask.any(dim=1)  # [batch]: rows with nothing to predict
+    if missing.any():
+        e = examples[int(missing.nonzero()[0, 0])]
+        raise DataFormatError(
+            f"training example ({e.base_template!r} % {e.entity!r}) has target {e.target!r}, "
+            "which gives no token after the prompt to train on",
+            hint="rebuild the instance: its labels must be non-empty",
+        )
     if return_starts:
         return batch, positions, label_mask, starts
     return batch, positions, label_mask
