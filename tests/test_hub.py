@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -16,6 +17,7 @@ from huggingface_hub import DatasetCard, ModelCard, SpaceCard
 from safetensors.torch import save_file
 
 from helpers import ENTITIES, tiny_model, word_tokenizer
+from ravel_bench.engine.generation import forward_kwargs
 from ravel_bench.engine.interchange import intervened_generate
 from ravel_bench.errors import (
     ConfigError,
@@ -307,7 +309,11 @@ def test_peft_adapter_as_base_model(tmp_path, base_model_dir):
     out = save_featurizer(_featurizer("random:4", base_model=str(adapter)), tmp_path / "feat")
     intervenable = load_intervenable(out, device="cpu")
     assert type(intervenable.model).__name__ == "PeftModelForCausalLM"
-    assert len(intervenable.generate(*_generate_args(2))) == 2
+    # The wrapper forwards **kwargs: the cache goes under the base model's current keyword.
+    assert forward_kwargs(intervenable.model)[0] == forward_kwargs(base)[0]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        assert len(intervenable.generate(*_generate_args(2))) == 2
 
 
 def _instance(intervenable: Intervenable) -> RavelInstance:

@@ -20,7 +20,9 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def forward_kwargs(model: nn.Module) -> tuple[str, dict]:
     """The cache keyword of ``model.forward`` and ``{logits_to_keep: 1}`` if it takes one."""
-    cache_kw, keeps_logits = _forward_signature(type(model))
+    # A PEFT wrapper's forward takes **kwargs and passes them to the base model: inspect that.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_kw, keeps_logits = _forward_signature(type(base))
     return cache_kw, ({"logits_to_keep": 1} if keeps_logits else {})
 
 
@@ -63,13 +65,21 @@ def greedy_generate(
     positions = batch.get("position_ids")
     if positions is None:
         positions = position_ids_from_mask(mask)[:, -batch["input_ids"].shape[1] :]
+    # The prompt's last position as a 1-D index, not ``logits_to_keep=1``: the slice ``[:, -1:]``
+    # is a strided view that ``lm_head`` multiplies as a batched matmul (several times slower);
+    # an index gathers a contiguous ``[batch, 1, d_model]`` first.
+    last_only = (
+        {"logits_to_keep": torch.tensor([batch["input_ids"].shape[1] - 1], device=mask.device)}
+        if extra
+        else {}
+    )
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=mask,
         position_ids=positions,
         use_cache=True,
         **({} if cache is None else {cache_kw: cache}),
-        **extra,
+        **last_only,
     )
     next_token = out.logits[:, -1].argmax(-1)  # [batch]
     generated = [next_token]

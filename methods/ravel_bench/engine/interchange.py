@@ -162,8 +162,13 @@ def intervened_generate(
     prefixes = [tuple(ids[:f]) for ids, f in zip(encoded.ids, encoded.first, strict=True)]
     table = build_prefix_table(model, prefixes, max_rows=batch_size)
     cut = [table is not None and p in table for p in prefixes]
+    # Rows run from their cut on: batch them by that length (least padding), then by prefix.
+    kept_length = [
+        len(ids) - (f if c else 0)
+        for ids, f, c in zip(encoded.ids, encoded.first, cut, strict=True)
+    ]
     order = sorted(
-        range(len(prefixes)), key=lambda i: (not cut[i], prefixes[i], -len(encoded.ids[i]), i)
+        range(len(prefixes)), key=lambda i: (not cut[i], -kept_length[i], prefixes[i], i)
     )
     device = model_device(model)
     pad_id = _pad_id(tokenizer)
