@@ -1,6 +1,7 @@
 """The benchmark loop on the tiny random city model: outputs, averaging and resuming."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -41,6 +42,17 @@ def test_benchmark_writes_leaderboard_and_resumes(tiny_city, city, loaded, tmp_p
     monkeypatch.setattr(benchmark, "train_featurizer", lambda *a, **k: calls.append(a))
     again = run_benchmark(loaded, instance, city, config, tmp_path, show_progress=False)
     assert calls == [] and again == results  # finished units are reused, not redone
+    more = replace(config, methods=("das", "full", "noop", "random"))
+    assert set(run_benchmark(loaded, instance, city, more, tmp_path, show_progress=False)) == {
+        "das",
+        "full",
+        "noop",
+        "random",
+    }  # a run can be extended with methods
+
+    other = replace(config, k=8)  # would reuse das-Country trained with k=4
+    with pytest.raises(ConfigError, match="run with other settings \\(benchmark differ\\)"):
+        run_benchmark(loaded, instance, city, other, tmp_path, show_progress=False)
 
 
 def test_unknown_method():

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -153,6 +153,62 @@ def _baseline(method: str, d_model: int, config: BenchmarkConfig) -> Featurizer:
     return parse_featurizer_spec(spec, d_model, seed=config.seed)
 
 
+RUN_FILE = "run.json"
+
+
+def run_record(loaded: LoadedModel, instance: RavelInstance, config: BenchmarkConfig) -> dict:
+    """What a run's results depend on, as stored in its folder's ``run.json``.
+
+    Everything that changes a result takes part (model, instance, layer, k, split, seeds,
+    hyperparameters); the method list does not, so a run can be extended with more methods.
+    """
+    settings = asdict(config)
+    del settings["methods"]
+    run = {
+        "model_id": loaded.model_id,
+        "instance": {k: instance.metadata.get(k) for k in ("model_id", "config", "pair_counts")},
+        "benchmark": settings,
+    }
+    return json.loads(json.dumps(run))  # tuples -> lists, as read back
+
+
+def held_run_record(out: str | Path) -> dict | None:
+    """The ``run.json`` of a benchmark folder, or None if it has none (or an unreadable one)."""
+    try:
+        return json.loads((Path(out) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _claim_run_folder(
+    out: Path, loaded: LoadedModel, instance: RavelInstance, config: BenchmarkConfig
+) -> None:
+    """Record what ``out`` holds results of, or check that a resumed folder holds this run.
+
+    Raises:
+        ConfigError: ``out`` holds results of a run with other settings (see :func:`run_record`).
+    """
+    run = run_record(loaded, instance, config)
+    path = out / RUN_FILE
+    if path.is_file():
+        held = held_run_record(out) or {}
+        if held != run:
+            differ = sorted(k for k in run.keys() | held.keys() if held.get(k) != run.get(k))
+            raise ConfigError(
+                f"{out} holds benchmark results of a run with other settings "
+                f"({', '.join(differ)} differ); resuming would mix the two",
+                hint="pass another output folder, or delete this one",
+            )
+        return
+    if out.is_dir() and any((out / sub).is_dir() for sub in ("evals", "featurizers")):
+        raise ConfigError(
+            f"{out} holds benchmark results without {RUN_FILE}; cannot tell what run they are",
+            hint="pass another output folder, or delete this one",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run, indent=1) + "\n")
+
+
 def run_benchmark(
     loaded: LoadedModel,
     instance: RavelInstance,
@@ -174,6 +230,7 @@ def run_benchmark(
         on_done: called with ``(method, attribute)`` after each finished unit.
     """
     out = Path(out_dir)
+    _claim_run_folder(out, loaded, instance, config)
     (out / "featurizers").mkdir(parents=True, exist_ok=True)
     (out / "evals").mkdir(parents=True, exist_ok=True)
     d_model = hidden_size(loaded.model)

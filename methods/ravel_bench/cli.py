@@ -7,6 +7,7 @@ The CLI turns flags into library calls, renders the results and owns logging and
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -201,6 +202,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from ravel_bench.benchmark import (
+        ALL_METHODS,
+        BenchmarkConfig,
+        held_run_record,
+        run_benchmark,
+        run_record,
+    )
+    from ravel_bench.data import load_release
     from ravel_bench.engine.blocks import EMBEDDINGS, decoder_blocks, hidden_size
     from ravel_bench.instance.repo import save_instance
     from ravel_bench.models import load_model
@@ -240,6 +249,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         _out(results_table(rows, key_header="featurizer @ layer"))
     stages["evaluations"] = time.perf_counter() - start
     save_json({"model_id": loaded.model_id, "results": all_results}, out / "results.json")
+
+    # The whole benchmark: every method for every attribute, at the same block and k.
+    start = time.perf_counter()
+    release = load_release(args.source, ("city",)).types["city"]
+    bench_out, bench_config = out / "benchmark", BenchmarkConfig(layer=middle, k=k)
+    if bench_out.is_dir() and held_run_record(bench_out) != run_record(
+        loaded, instance, bench_config
+    ):
+        shutil.rmtree(bench_out)  # the demo's own results, of another model, instance or config
+    run_benchmark(loaded, instance, release, bench_config, bench_out, show_progress=show)
+    _out("\n" + (bench_out / "leaderboard.md").read_text())
+    stages[f"benchmark ({len(ALL_METHODS)} methods x {len(instance.attributes)} attributes)"] = (
+        time.perf_counter() - start
+    )
     meta = instance.metadata
     _out(
         f"\ninstance: {len(meta['entities'])} entities, {len(meta['templates'])} templates, "
@@ -431,7 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(bench)
     bench.set_defaults(func=_cmd_benchmark)
 
-    demo = commands.add_parser("demo", help="the main job on the embedded default model")
+    demo = commands.add_parser(
+        "demo", help="the main job: evaluations and the whole benchmark on the embedded model"
+    )
     demo.add_argument("--out", default="build/demo", help="output folder (default build/demo)")
     _add_source(demo)
     demo.set_defaults(func=_cmd_demo)
