@@ -210,17 +210,18 @@ def _counterfactual_loss(
 ) -> torch.Tensor:
     """Mean cross entropy of the label tokens after the intervened prompt.
 
-    With ``starts`` (each row's entity's first token), the tokens before it are not run with the
-    edit: their KV cache comes from ``table`` (prefixes run once for the whole training) or, for
-    prefixes it lacks, from one pass without gradients; only the rest of each row is run with
-    the edit and differentiated (:mod:`ravel_bench.engine.prefix`). The loss is the same.
+    With ``starts`` (each row's entity's first token) and a ``table`` of prefixes run once for
+    the whole training, rows whose prefix is in the table run only from the entity on, on top of
+    the cached prefix (only that part is differentiated; :mod:`ravel_bench.engine.prefix`); the
+    other rows run whole. The loss is the same.
     """
     cache = None
-    split = split_before(batch, starts) if starts is not None else None
+    split = (
+        split_before(batch, starts, known=table)
+        if starts is not None and table is not None
+        else None
+    )
     if split is not None:
-        if table is None or any(k and k not in table for k in split.keys):
-            # Before the patch: the edit must hit the rest's pass, not the prefixes'.
-            table = build_prefix_table(model, split.keys, max_rows=len(split.keys), min_count=1)
         cache, prefix_mask = table.select(split.keys)
         inputs = rest_inputs(split.rest, prefix_mask)
         positions = positions.to(prefix_mask.device) - split.shift

@@ -148,7 +148,7 @@ def test_counterfactual_loss_and_gradient_are_the_same_with_a_cached_prefix():
     )
     keys = split_before(batch, starts).keys
     full_table = build_prefix_table(model, keys, max_rows=4, min_count=1)
-    # A table that lacks some of the batch's prefixes is completed for that batch.
+    # Rows whose prefix a table lacks run whole, beside the cut rows of the same batch.
     partial_table = build_prefix_table(model, [keys[0]] * 2, max_rows=4)
     direction = torch.randn(2, 32, requires_grad=True)
     source = torch.randn(len(examples), 32)
