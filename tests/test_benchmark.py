@@ -75,3 +75,18 @@ def test_attribute_independent_work_is_done_once(tiny_city, city, loaded, tmp_pa
             (tmp_path / "featurizers" / f"pca-{attribute}" / "config.json").read_text()
         )
         assert saved["attribute"] == attribute and saved["base_model"] == "tiny-random"
+
+
+def test_choose_layer_takes_the_first_block_that_still_carries_the_entity() -> None:
+    cause = {"entity": [0.79, 0.85, 0.9, 0.1], "context": [0.95, 0.81, 0.7, 0.0]}
+    layer, why = benchmark.choose_layer(cause)
+    assert layer == 1  # block 0 fails in the entity setting, block 2 in the context setting
+    assert why.startswith("block 1:") and "0.810" in why
+
+
+def test_choose_layer_falls_back_to_the_best_block() -> None:
+    layer, why = benchmark.choose_layer({"entity": [0.5, 0.7, 0.2], "context": [0.6, 0.6, 0.9]})
+    assert layer == 1  # lowest-setting Cause per block: .5, .6, .2
+    assert "no block" in why and "0.600" in why
+    with pytest.raises(ConfigError, match="one Cause per block"):
+        benchmark.choose_layer({"entity": [0.9, 0.9], "context": [0.9]})

@@ -19,6 +19,7 @@ from ravel_bench.toy_model import (
     build_toy_model,
     load_toy_model,
     select_entities,
+    toy_attribute_basis,
 )
 
 # Enough to exercise the whole pipeline twice; the trained tiny model is built once per module.
@@ -55,6 +56,27 @@ def test_folder_loads_like_a_hub_model(tiny_folder: Path) -> None:
 def test_tiny_model_answers_most_training_prompts(tiny_folder: Path) -> None:
     metadata = json.loads((tiny_folder / METADATA_FILE).read_text())
     assert metadata["answer_accuracy"] >= 0.5, metadata["answer_accuracy"]
+
+
+def test_saved_entities_share_each_attribute_values_code(
+    tiny_folder: Path, city: EntityTypeRelease
+) -> None:
+    """The saved plain embedding table keeps the factorization: same value, same coordinates."""
+    model, tokenizer = load_toy_model(tiny_folder)
+    entities = list(json.loads((tiny_folder / METADATA_FILE).read_text())["entities"])
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids(entities))
+    vectors = model.get_input_embeddings().weight[ids].detach()  # [n_entities, d_model]
+    basis = toy_attribute_basis(TINY_TOY_CONFIG)  # [n_attributes, attribute_dim, d_model]
+    assert basis.shape == (2, TINY_TOY_CONFIG.attribute_dim, TINY_TOY_CONFIG.d_model)
+    for j, attribute in enumerate(TINY_TOY_CONFIG.attributes):
+        coords = vectors @ basis[j].T  # [n_entities, attribute_dim]
+        values = [city.entity_attributes[e][attribute] for e in entities]
+        by_value: dict[str, torch.Tensor] = {}
+        for value, c in zip(values, coords, strict=True):
+            torch.testing.assert_close(c, by_value.setdefault(value, c), atol=1e-5, rtol=0)
+        assert len(by_value) > 1
+        distinct = torch.stack(list(by_value.values()))
+        assert torch.cdist(distinct, distinct).fill_diagonal_(1).min() > 1e-3
 
 
 def test_load_toy_model_returns_eval_mode(tiny_folder: Path) -> None:

@@ -44,6 +44,8 @@ BASELINE_METHODS = ("full", "noop", "random")
 ALL_METHODS = LEARNED_METHODS + BASELINE_METHODS
 SETTINGS = ("entity", "context")
 METRICS = ("cause", "isolate", "disentangle")
+# choose_layer: the entity still carries its attributes where a full swap keeps this Cause.
+CARRIES_ATTRIBUTES_CAUSE = 0.8
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,39 @@ class BenchmarkConfig:
         unknown = [m for m in self.methods if m not in ALL_METHODS]
         if unknown:
             raise ConfigError(f"unknown methods {unknown}; choose among {', '.join(ALL_METHODS)}")
+
+
+def choose_layer(full_swap_cause: dict[str, list[float]]) -> tuple[int, str]:
+    """Choose the block to benchmark from a full-swap sweep, and say why.
+
+    The choice is the first block (after block 0's processing of the entity, not the raw
+    embeddings) whose full-swap Cause is at least :data:`CARRIES_ATTRIBUTES_CAUSE` in every
+    setting: the entity's vector still carries all its attributes there, so a method can find
+    each one. If no block qualifies, the block with the highest lowest-setting Cause.
+
+    Args:
+        full_swap_cause: per setting, the full swap's Cause after block 0, 1, ... (``[n_blocks]``).
+
+    Returns:
+        The block index and a sentence stating the rule and the numbers.
+    """
+    if not full_swap_cause or len({len(v) for v in full_swap_cause.values()}) != 1:
+        raise ConfigError(
+            "choose_layer needs one Cause per block for every setting; "
+            f"got { ({k: len(v) for k, v in full_swap_cause.items()}) }"
+        )
+    worst = [min(c) for c in zip(*full_swap_cause.values(), strict=True)]  # per block
+    for block, cause in enumerate(worst):
+        if cause >= CARRIES_ATTRIBUTES_CAUSE:
+            return block, (
+                f"block {block}: the first block whose full-swap Cause is >= "
+                f"{CARRIES_ATTRIBUTES_CAUSE} in every setting ({cause:.3f})"
+            )
+    block = max(range(len(worst)), key=worst.__getitem__)
+    return block, (
+        f"block {block}: no block keeps a full-swap Cause >= {CARRIES_ATTRIBUTES_CAUSE} in every "
+        f"setting; this one has the highest ({worst[block]:.3f})"
+    )
 
 
 def train_featurizer(

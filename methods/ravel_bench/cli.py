@@ -205,6 +205,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ravel_bench.benchmark import (
         ALL_METHODS,
         BenchmarkConfig,
+        choose_layer,
         held_run_record,
         run_benchmark,
         run_record,
@@ -228,32 +229,46 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     stages["city instance"] = time.perf_counter() - start
 
     n_layers = len(decoder_blocks(loaded.model))
-    middle = (n_layers - 1) // 2
     k = max(1, hidden_size(loaded.model) // 16)
     start = time.perf_counter()
-    all_results: dict[str, dict] = {}
-    for setting in ("entity", "context"):
-        rows = {}
-        for spec in ("noop", "full", f"random:{k}"):
-            result = run_evaluation(loaded, instance, spec, [middle], setting, "test", 64, 0, show)
-            rows[f"{spec} @ block {middle}"] = result[str(middle)]
-        sweep = run_evaluation(
+    sweeps = {
+        setting: run_evaluation(
             loaded, instance, "full", [EMBEDDINGS, *range(n_layers)], setting, "test", 64, 0, show
         )
-        rows.update({f"full @ {layer}": r for layer, r in sweep.items()})
+        for setting in ("entity", "context")
+    }
+    layer, why = choose_layer(
+        {s: [sweep[str(b)].scores["cause"] for b in range(n_layers)] for s, sweep in sweeps.items()}
+    )
+    all_results: dict[str, dict] = {}
+    for setting, sweep in sweeps.items():
+        rows = {}
+        for spec in ("noop", f"random:{k}"):
+            result = run_evaluation(loaded, instance, spec, [layer], setting, "test", 64, 0, show)
+            rows[f"{spec} @ block {layer}"] = result[str(layer)]
+        rows.update({f"full @ {name}": r for name, r in sweep.items()})
         all_results[setting] = {key: r.to_json() for key, r in rows.items()}
         _out(
             f"\n{setting} test ({len(instance.split(setting, 'test'))} pairs), city, "
             f"model {loaded.model_id}"
         )
         _out(results_table(rows, key_header="featurizer @ layer"))
+    _out(f"\nbenchmark layer: {why}")
     stages["evaluations"] = time.perf_counter() - start
-    save_json({"model_id": loaded.model_id, "results": all_results}, out / "results.json")
+    save_json(
+        {
+            "model_id": loaded.model_id,
+            "benchmark_layer": layer,
+            "layer_choice": why,
+            "results": all_results,
+        },
+        out / "results.json",
+    )
 
     # The whole benchmark: every method for every attribute, at the same block and k.
     start = time.perf_counter()
     release = load_release(args.source, ("city",)).types["city"]
-    bench_out, bench_config = out / "benchmark", BenchmarkConfig(layer=middle, k=k)
+    bench_out, bench_config = out / "benchmark", BenchmarkConfig(layer=layer, k=k)
     if bench_out.is_dir() and held_run_record(bench_out) != run_record(
         loaded, instance, bench_config
     ):

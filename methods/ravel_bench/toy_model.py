@@ -17,20 +17,34 @@ Training text (next-token loss on every token, sequences packed without seeing e
   followed by its value (``... "country": "France"``, ``... people usually speak French .``);
 - the Wikipedia templates filled with random chosen entities, as plain text;
 - swap pairs: a filled template (the source) and the same sequence with another entity's token
-  (the base), whose entity vector after a random block ``0 .. n_layers // 2`` is replaced, in the
-  same forward pass, by the source's; the base is trained to continue like the source.
+  (the base). In a full swap, the base's entity vector after block ``n_layers // 2`` is
+  replaced, in the same forward pass, by the source's, and the base is trained to continue like
+  the source. With ``attribute_dim > 0``, half of the pairs are attribute swaps instead: one
+  attribute's subspace of the base entity's input embedding is replaced by the source's, and the
+  base is trained to answer with the source's value if the template queries that attribute
+  (cause) and with its own otherwise (isolate).
 
-The swap pairs are what makes the toy an honest stand-in for an LLM. Measured here (6 x 128),
+The full swaps are what makes the toy an honest stand-in for an LLM. Measured here (6 x 128),
 text alone, rich fact lists included, gives a model whose later positions copy the entity's
 identity in block 0's attention and look its facts up in their own MLPs: a full swap of the
 entity's vector after any block changes no answer (Cause 0.00 from block 0 on), whereas in LLMs
 the attributes are read from the entity's last token in middle blocks. Swap training routes every
 read of the entity past block ``n_layers // 2``, so the entity's residual stream carries its
-attributes there; which features carry which attribute is left to training, and that is what the
-benchmark's methods have to find. ``toy_model.json`` records the answer accuracy and the full-swap
-Cause per block measured at the end of training. The default config (about 8 minutes on 2 CPU
-cores) answers 97% of the templates and keeps a full-swap Cause of 0.9 through block 3 (0.05 after
-blocks 4-5); with 64% of its training (48 x 850) it answered only 75% with Cause 0.45.
+attributes there.
+
+The attribute swaps, with factorized entity embeddings during training
+(:mod:`ravel_bench.toy_attributes`), make the attributes *separable*, as RAVEL assumes of LLMs:
+each attribute is written into its own ``attribute_dim`` random directions of the entity's
+embedding and read from there. Without them (``attribute_dim=0``) later blocks look every
+attribute up from the entity's identity, a change that moves one attribute moves all, and no
+method can separate them (measured: MDAS beat DAS by only +0.05). Where the attributes live after
+block 0 is left to training, and that is what the benchmark's methods have to find.
+
+``toy_model.json`` records the answer accuracy and the full-swap Cause per block measured at the
+end of training. The default config (6 minutes on 2 CPU cores) answers 99.3% of the sampled
+template prompts and keeps a teacher-forced full-swap Cause of 0.80-0.85 through block 3 (0.63
+after block 4, 0.05 after block 5). Before attribute swaps (``attribute_dim=0``): 97.2%, Cause
+0.91-0.94 through block 3; with 64% of that training (48 x 850) it answered only 75%.
 
 The splits of the release only matter to the interpretability methods: the model learns the facts
 of train, val and test entities alike. The folder also holds ``toy_model.json``: the config, the
@@ -63,12 +77,13 @@ from transformers import (
 
 from ravel_bench.data import RELEASE_SPLITS, EntityTypeRelease, default_cache_dir
 from ravel_bench.errors import ConfigError
+from ravel_bench.toy_attributes import FactorizedEntityEmbedding, attribute_basis, swap_projections
 from ravel_bench.toy_tokenizer import build_word_tokenizer
 
 logger = logging.getLogger(__name__)
 
 # Bump when the recipe below changes: it is part of every cache folder name.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 METADATA_FILE = "toy_model.json"
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", METADATA_FILE)
 _ENTITY_PATTERN = re.compile(r"\w+")
@@ -86,6 +101,9 @@ _LOG_EVERY = 50  # steps between loss syncs (.item()) for logging and the progre
 # A "swaps" draw adds a template sequence and its copy with another entity (two sequences),
 # trained as a full swap of the entity's residual stream after a random block (see module doc).
 _MIX = {"facts": 0.30, "templates": 0.0, "swaps": 0.60, "wikipedia": 0.10}
+# With ``attribute_dim > 0``, this share of the swap draws swaps one attribute's subspace only.
+_ATTRIBUTE_SWAP_SHARE = 0.5
+_ATTRIBUTE_CAUSE_SHARE = 0.5  # of the attribute swaps, those swapping the queried attribute
 _MAX_LIST_ITEMS = 4  # entities per fact list
 # Fact-list syntax: (opener, closer) around an entity's values, and the separators.
 _BRACKETS = (("", ""), (",", ""), ("(", ")"), (":", ""), ("-", ""))
@@ -112,6 +130,10 @@ class ToyModelConfig:
         train_steps: optimizer steps.
         batch_size: texts drawn per step (a swap pair counts once but is two sequences).
         lr: peak AdamW learning rate (linear warmup, cosine decay to a tenth).
+        attribute_dim: directions of the entity's input embedding that each attribute owns,
+            trained with factorized embeddings and attribute swaps (see
+            :mod:`ravel_bench.toy_attributes`); 0 trains full swaps only, which leaves the
+            attributes entangled.
         seed: seeds the entity choice, the initialization and the training data order.
     """
 
@@ -124,6 +146,7 @@ class ToyModelConfig:
     train_steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
+    attribute_dim: int = 8
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -145,6 +168,7 @@ class ToyModelConfig:
             ("n_heads", 1),
             ("train_steps", 1),
             ("batch_size", 1),
+            ("attribute_dim", 0),
             ("seed", 0),
         ):
             value = getattr(self, name)
@@ -154,6 +178,12 @@ class ToyModelConfig:
             _bad("d_model", self.d_model, f"a multiple of 2 * n_heads (n_heads={self.n_heads})")
         if not isinstance(self.lr, int | float) or not math.isfinite(self.lr) or self.lr <= 0:
             _bad("lr", self.lr, "a finite number > 0")
+        if self.attribute_dim * len(self.attributes) > self.d_model:
+            _bad(
+                "attribute_dim",
+                self.attribute_dim,
+                f"at most d_model / len(attributes) = {self.d_model // len(self.attributes)}",
+            )
 
     def name(self) -> str:
         """Return the cache folder name, e.g. ``toy-llama-city-6x128-1a2b3c4d``.
@@ -185,6 +215,7 @@ TINY_TOY_CONFIG = ToyModelConfig(
     train_steps=250,
     batch_size=32,
     lr=3e-3,
+    attribute_dim=4,
 )
 
 
@@ -317,6 +348,12 @@ class _Corpus:
             for a in config.attributes
             for t in release.attribute_templates.get(a, [])
         ]
+        # The attribute (index into config.attributes) each template queries.
+        self.template_attribute = [
+            j
+            for j, a in enumerate(config.attributes)
+            for _ in release.attribute_templates.get(a, [])
+        ]
         # Tokens after the prompt (value, terminator, </s>); 0 if the prompt is not a prefix.
         self.answer_len = [
             len(full) - len(p) + 1 if full[: len(p)] == p else 0
@@ -329,30 +366,33 @@ class _Corpus:
 
     def batch(
         self, size: int, generator: torch.Generator
-    ) -> tuple[list[list[int]], list[tuple[int, int, int]]]:
+    ) -> tuple[list[list[int]], list[tuple[int, int, int, int]]]:
         """Draw ``size`` texts (each starting with ``<s>``) in the proportions of ``_MIX``.
 
         Returns:
-            The sequences, and the swap pairs as ``(base index, source index, entity position)``
-            into them: a ``"swaps"`` draw adds a template sequence (the source) and the same
-            sequence with another entity's token at the entity position (the base).
+            The sequences, and the swap pairs as ``(base index, source index, entity position,
+            subspace)`` into them: a ``"swaps"`` draw adds a template sequence (the source) and
+            the same sequence with another entity's token at the entity position (the base).
+            ``subspace`` is 0 for a full swap (the base continues like the source), or
+            ``1 + j`` for a swap of attribute ``j``'s subspace only (the base answers like the
+            source if the template queries attribute ``j``, else with its own value).
         """
         kinds = list(_MIX)
         draws = torch.multinomial(
             torch.tensor([_MIX[k] for k in kinds]), size, replacement=True, generator=generator
         ).tolist()
         seqs: list[list[int]] = []
-        pairs: list[tuple[int, int, int]] = []
+        pairs: list[tuple[int, int, int, int]] = []
         for k in draws:
             if kinds[k] == "swaps":
-                base, source, pos = self._draw_swap(generator)
-                pairs.append((len(seqs), len(seqs) + 1, pos))
+                base, source, pos, subspace = self._draw_swap(generator)
+                pairs.append((len(seqs), len(seqs) + 1, pos, subspace))
                 seqs += [base, source]
             else:
                 seqs.append(getattr(self, f"_draw_{kinds[k]}")(generator))
         return seqs, pairs
 
-    def _draw_swap(self, generator: torch.Generator) -> tuple[list[int], list[int], int]:
+    def _draw_swap(self, generator: torch.Generator) -> tuple[list[int], list[int], int, int]:
         n = len(self.entities)
         template = self._randint(len(self.entity_pos), generator)
         source = self._randint(n, generator)
@@ -360,7 +400,16 @@ class _Corpus:
         pos = self.entity_pos[template]
         source_seq = self.templates[template * n + source]
         base_seq = [*source_seq[:pos], self.entity_id[base], *source_seq[pos + 1 :]]
-        return base_seq, source_seq, pos
+        subspace = 0
+        if self.config.attribute_dim and torch.rand(1, generator=generator) < _ATTRIBUTE_SWAP_SHARE:
+            queried = self.template_attribute[template]
+            swapped = queried  # cause: the base answers with the source's value
+            if torch.rand(1, generator=generator) >= _ATTRIBUTE_CAUSE_SHARE:
+                n_attr = len(self.config.attributes)  # isolate: the base keeps its own value
+                swapped = (queried + 1 + self._randint(n_attr - 1, generator)) % n_attr
+                base_seq = self.templates[template * n + base]
+            subspace = 1 + swapped
+        return base_seq, source_seq, pos, subspace
 
     def _randint(self, n: int, generator: torch.Generator) -> int:
         return int(torch.randint(n, (1,), generator=generator))
@@ -480,15 +529,21 @@ def _pack(
 
 @contextmanager
 def _swapped(
-    model: LlamaForCausalLM, block: int, base: torch.Tensor, source: torch.Tensor
+    model: LlamaForCausalLM,
+    block: int | None,
+    base: torch.Tensor,
+    source: torch.Tensor,
+    projection: torch.Tensor | None = None,
 ) -> Iterator[None]:
-    """Within the context, copy the residual stream after ``block`` from source to base sites.
+    """Within the context, swap the residual stream after ``block`` from source to base sites.
 
     Args:
         model: the model being trained or checked.
-        block: decoder block whose output is edited.
+        block: decoder block whose output is edited; ``None`` edits the input embeddings.
         base: ``[n, 2]`` (batch row, position) sites that receive the vectors.
-        source: ``[n, 2]`` sites whose vectors are copied, in the same forward pass.
+        source: ``[n, 2]`` sites whose vectors are swapped in, in the same forward pass.
+        projection: ``[n, d_model, d_model]``: base site ``i`` becomes
+            ``base + (source - base) @ projection[i]``; ``None`` copies the whole vector.
     """
 
     def hook(module: torch.nn.Module, args: tuple, out: torch.Tensor | tuple) -> object:
@@ -496,10 +551,15 @@ def _swapped(
         if hidden.shape[1] == 1:  # a generated token: the prompt pass was already edited
             return out
         vectors = hidden[source[:, 0], source[:, 1]]  # [n, d_model], a copy
+        if projection is not None:
+            old = hidden[base[:, 0], base[:, 1]]  # [n, d_model]
+            delta = torch.einsum("nd,nde->ne", vectors - old, projection.to(hidden.dtype))
+            vectors = old + delta
         new = hidden.index_put((base[:, 0], base[:, 1]), vectors)  # [batch, pos, d_model]
         return (new, *out[1:]) if isinstance(out, tuple) else new
 
-    handle = model.model.layers[block].register_forward_hook(hook)
+    module = model.model.embed_tokens if block is None else model.model.layers[block]
+    handle = module.register_forward_hook(hook)
     try:
         yield
     finally:
@@ -514,6 +574,44 @@ def _swap_block(n_layers: int) -> int:
     entity's own later vectors exactly the source's (both prompts share the prefix).
     """
     return min(n_layers - 2, n_layers // 2)
+
+
+def toy_attribute_basis(config: ToyModelConfig) -> torch.Tensor:
+    """The directions of the embedding space that each attribute owns during training.
+
+    Deterministic from the config (see :mod:`ravel_bench.toy_attributes`): a reference for
+    analyses of the toy, never given to the methods.
+
+    Returns:
+        ``[n_attributes, attribute_dim, d_model]`` in the order of ``config.attributes``.
+    """
+    return attribute_basis(
+        config.d_model, len(config.attributes), config.attribute_dim, config.seed
+    )
+
+
+def _factorize_entities(
+    model: LlamaForCausalLM,
+    corpus: "_Corpus",
+    release: EntityTypeRelease,
+    config: ToyModelConfig,
+    basis: torch.Tensor,
+) -> FactorizedEntityEmbedding:
+    """Replace the model's input embedding by a factorized one (undone by ``materialize``)."""
+    names = corpus.entities
+    value_index = []
+    for attribute in config.attributes:
+        values = sorted({release.entity_attributes[e][attribute] for e in names})
+        value_index.append([values.index(release.entity_attributes[e][attribute]) for e in names])
+    factorized = FactorizedEntityEmbedding(
+        model.model.embed_tokens,
+        torch.tensor(corpus.entity_id, dtype=torch.long),
+        torch.tensor(value_index, dtype=torch.long),
+        basis,
+        torch.Generator().manual_seed(config.seed + 2),
+    )
+    model.model.embed_tokens = factorized
+    return factorized
 
 
 def _lr_factor(step: int, total: int) -> float:
@@ -650,12 +748,19 @@ def build_toy_model(
         torch.manual_seed(config.seed)
         model = LlamaForCausalLM(model_config)
     model.train()
+    projections = torch.eye(config.d_model)[None]  # [1, d_model, d_model]: full swaps only
+    factorized = None
+    if config.attribute_dim:
+        basis = toy_attribute_basis(config)  # [n_attributes, attribute_dim, d_model]
+        projections = swap_projections(basis)  # [1 + n_attributes, d_model, d_model]
+        factorized = _factorize_entities(model, corpus, release, config, basis)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=_BETAS, weight_decay=_WEIGHT_DECAY
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _lr_factor(s, config.train_steps)
     )
+    block = _swap_block(config.n_layers)
     bar = tqdm(
         range(config.train_steps), desc=f"training {config.name()}", disable=not show_progress
     )
@@ -663,15 +768,19 @@ def build_toy_model(
     for step in bar:
         seqs, pairs = corpus.batch(config.batch_size, generator)
         batch, where = _pack(seqs, tokenizer.pad_token_id)
-        block = _swap_block(config.n_layers)
         # [n_pairs, 2] (row, position) of each pair's entity in the packed batch
         base = torch.tensor(
-            [[where[b][0], where[b][1] + p] for b, _, p in pairs], dtype=torch.long
+            [[where[b][0], where[b][1] + p] for b, _, p, _ in pairs], dtype=torch.long
         ).view(-1, 2)
         source = torch.tensor(
-            [[where[s][0], where[s][1] + p] for _, s, p in pairs], dtype=torch.long
+            [[where[s][0], where[s][1] + p] for _, s, p, _ in pairs], dtype=torch.long
         ).view(-1, 2)
-        with _swapped(model, block, base, source):
+        subspace = torch.tensor([j for *_, j in pairs], dtype=torch.long)
+        full, partial = subspace == 0, subspace > 0
+        with (
+            _swapped(model, block, base[full], source[full]),
+            _swapped(model, None, base[partial], source[partial], projections[subspace[partial]]),
+        ):
             loss = model(**batch, use_cache=False).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -686,6 +795,8 @@ def build_toy_model(
             logger.debug("step %d/%d: loss %.4f", step + 1, config.train_steps, mean_loss)
     train_s = time.perf_counter() - start
     model.eval()
+    if factorized is not None:  # back to a plain embedding table, as saved
+        model.model.embed_tokens = factorized.materialize()
     order = torch.randperm(len(corpus.templates), generator=generator).tolist()
     sample = [i for i in order if corpus.answer_len[i]][:_EVAL_SAMPLE]
     eval_batch = 4 * config.batch_size
