@@ -16,13 +16,14 @@ Training text (next-token loss on every token, sequences packed without seeing e
 - every RAVEL template of the chosen attributes (all splits) filled with every chosen entity and
   followed by its value (``... "country": "France"``, ``... people usually speak French .``);
 - the Wikipedia templates filled with random chosen entities, as plain text;
-- swap pairs: a filled template (the source) and the same sequence with another entity's token
-  (the base). In a full swap, the base's entity vector after block ``n_layers // 2`` is
-  replaced, in the same forward pass, by the source's, and the base is trained to continue like
-  the source. With ``attribute_dim > 0``, half of the pairs are attribute swaps instead: one
-  attribute's subspace of the base entity's input embedding is replaced by the source's, and the
-  base is trained to answer with the source's value if the template queries that attribute
-  (cause) and with its own otherwise (isolate).
+- swap pairs: a filled template (the base) and the source entity in the same template or, for
+  half of the full swaps, in another one (as RAVEL's pairs are). In a full swap, the base's
+  entity vector after block ``n_layers // 2`` is replaced, in the same forward pass, by the
+  source's, and the base is trained to answer like the source entity. With
+  ``attribute_dim > 0``, half of the pairs are attribute swaps instead: one attribute's subspace
+  of the base entity's input embedding is replaced by the source's, and the base is trained to
+  answer with the source's value if the template queries that attribute (cause) and with its own
+  otherwise (isolate).
 
 The full swaps are what makes the toy an honest stand-in for an LLM. Measured here (6 x 128),
 text alone, rich fact lists included, gives a model whose later positions copy the entity's
@@ -41,10 +42,12 @@ method can separate them (measured: MDAS beat DAS by only +0.05). Where the attr
 block 0 is left to training, and that is what the benchmark's methods have to find.
 
 ``toy_model.json`` records the answer accuracy and the full-swap Cause per block measured at the
-end of training. The default config (6 minutes on 2 CPU cores) answers 99.3% of the sampled
-template prompts and keeps a teacher-forced full-swap Cause of 0.80-0.85 through block 3 (0.63
-after block 4, 0.05 after block 5). Before attribute swaps (``attribute_dim=0``): 97.2%, Cause
-0.91-0.94 through block 3; with 64% of that training (48 x 850) it answered only 75%.
+end of training. The default config (about 6 minutes on 2 CPU cores) answers 99.4% of the
+sampled template prompts and keeps a teacher-forced full-swap Cause of 0.97-0.98 through block 3
+(0.04 after block 4). Measured on its city instance (swaps across templates): 0.97 after block 0,
+0.92-0.94 through block 3. With same-template full swaps only (recipe 2) the instance's Cause
+fell to 0.66-0.71 at blocks 2-3; before attribute swaps (recipe 1), 0.79 at block 2, and with 64%
+of that training (48 x 850) the model answered only 75%.
 
 The splits of the release only matter to the interpretability methods: the model learns the facts
 of train, val and test entities alike. The folder also holds ``toy_model.json``: the config, the
@@ -83,7 +86,7 @@ from ravel_bench.toy_tokenizer import build_word_tokenizer
 logger = logging.getLogger(__name__)
 
 # Bump when the recipe below changes: it is part of every cache folder name.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 METADATA_FILE = "toy_model.json"
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", METADATA_FILE)
 _ENTITY_PATTERN = re.compile(r"\w+")
@@ -104,6 +107,9 @@ _MIX = {"facts": 0.30, "templates": 0.0, "swaps": 0.60, "wikipedia": 0.10}
 # With ``attribute_dim > 0``, this share of the swap draws swaps one attribute's subspace only.
 _ATTRIBUTE_SWAP_SHARE = 0.5
 _ATTRIBUTE_CAUSE_SHARE = 0.5  # of the attribute swaps, those swapping the queried attribute
+# Of the full swaps, those whose source is the source entity in another (random) template, as
+# RAVEL's pairs are; the others use the base's own template.
+_CROSS_TEMPLATE_SHARE = 0.5
 _MAX_LIST_ITEMS = 4  # entities per fact list
 # Fact-list syntax: (opener, closer) around an entity's values, and the separators.
 _BRACKETS = (("", ""), (",", ""), ("(", ")"), (":", ""), ("-", ""))
@@ -366,33 +372,35 @@ class _Corpus:
 
     def batch(
         self, size: int, generator: torch.Generator
-    ) -> tuple[list[list[int]], list[tuple[int, int, int, int]]]:
+    ) -> tuple[list[list[int]], list[tuple[int, int, int, int, int]]]:
         """Draw ``size`` texts (each starting with ``<s>``) in the proportions of ``_MIX``.
 
         Returns:
-            The sequences, and the swap pairs as ``(base index, source index, entity position,
-            subspace)`` into them: a ``"swaps"`` draw adds a template sequence (the source) and
-            the same sequence with another entity's token at the entity position (the base).
-            ``subspace`` is 0 for a full swap (the base continues like the source), or
-            ``1 + j`` for a swap of attribute ``j``'s subspace only (the base answers like the
-            source if the template queries attribute ``j``, else with its own value).
+            The sequences, and the swap pairs as ``(base index, source index, base entity
+            position, source entity position, subspace)`` into them: a ``"swaps"`` draw adds a
+            base sequence (a template filled with one entity and answered for another, the
+            source entity) and a source sequence (the source entity in the same template, or in
+            another for a share of full swaps). ``subspace`` is 0 for a full swap (the base
+            continues like the source), or ``1 + j`` for a swap of attribute ``j``'s subspace
+            only (the base answers like the source if the template queries attribute ``j``,
+            else with its own value).
         """
         kinds = list(_MIX)
         draws = torch.multinomial(
             torch.tensor([_MIX[k] for k in kinds]), size, replacement=True, generator=generator
         ).tolist()
         seqs: list[list[int]] = []
-        pairs: list[tuple[int, int, int, int]] = []
+        pairs: list[tuple[int, int, int, int, int]] = []
         for k in draws:
             if kinds[k] == "swaps":
-                base, source, pos, subspace = self._draw_swap(generator)
-                pairs.append((len(seqs), len(seqs) + 1, pos, subspace))
+                base, source, base_pos, source_pos, subspace = self._draw_swap(generator)
+                pairs.append((len(seqs), len(seqs) + 1, base_pos, source_pos, subspace))
                 seqs += [base, source]
             else:
                 seqs.append(getattr(self, f"_draw_{kinds[k]}")(generator))
         return seqs, pairs
 
-    def _draw_swap(self, generator: torch.Generator) -> tuple[list[int], list[int], int, int]:
+    def _draw_swap(self, generator: torch.Generator) -> tuple[list[int], list[int], int, int, int]:
         n = len(self.entities)
         template = self._randint(len(self.entity_pos), generator)
         source = self._randint(n, generator)
@@ -409,7 +417,11 @@ class _Corpus:
                 swapped = (queried + 1 + self._randint(n_attr - 1, generator)) % n_attr
                 base_seq = self.templates[template * n + base]
             subspace = 1 + swapped
-        return base_seq, source_seq, pos, subspace
+        source_pos = pos
+        if subspace == 0 and torch.rand(1, generator=generator) < _CROSS_TEMPLATE_SHARE:
+            other = self._randint(len(self.entity_pos), generator)
+            source_seq, source_pos = self.templates[other * n + source], self.entity_pos[other]
+        return base_seq, source_seq, pos, source_pos, subspace
 
     def _randint(self, n: int, generator: torch.Generator) -> int:
         return int(torch.randint(n, (1,), generator=generator))
@@ -770,10 +782,10 @@ def build_toy_model(
         batch, where = _pack(seqs, tokenizer.pad_token_id)
         # [n_pairs, 2] (row, position) of each pair's entity in the packed batch
         base = torch.tensor(
-            [[where[b][0], where[b][1] + p] for b, _, p, _ in pairs], dtype=torch.long
+            [[where[b][0], where[b][1] + p] for b, _, p, _, _ in pairs], dtype=torch.long
         ).view(-1, 2)
         source = torch.tensor(
-            [[where[s][0], where[s][1] + p] for _, s, p, _ in pairs], dtype=torch.long
+            [[where[s][0], where[s][1] + p] for _, s, _, p, _ in pairs], dtype=torch.long
         ).view(-1, 2)
         subspace = torch.tensor([j for *_, j in pairs], dtype=torch.long)
         full, partial = subspace == 0, subspace > 0
