@@ -101,8 +101,8 @@ _BETAS = (0.9, 0.98)
 _GRAD_CLIP = 1.0
 _LOG_EVERY = 50  # steps between loss syncs (.item()) for logging and the progress bar
 # Share of each batch per kind of text: fact lists, RAVEL templates, Wikipedia contexts.
-# A "swaps" draw adds a template sequence and its copy with another entity (two sequences),
-# trained as a full swap of the entity's residual stream after a random block (see module doc).
+# A "swaps" draw adds a base and a source sequence, trained as a full swap of the entity's
+# residual stream after the middle block or as an attribute swap (see the module doc).
 _MIX = {"facts": 0.30, "templates": 0.0, "swaps": 0.60, "wikipedia": 0.10}
 # With ``attribute_dim > 0``, this share of the swap draws swaps one attribute's subspace only.
 _ATTRIBUTE_SWAP_SHARE = 0.5
