@@ -124,7 +124,10 @@ class FactorizedEntityEmbedding(torch.nn.Module):
         return self.embedding.weight
 
     def entity_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        """Factorized embeddings of entity token ids ``[...]`` -> ``[..., d_model]``."""
+        """Factorized embeddings of entity token ids ``[...]`` -> ``[..., d_model]``.
+
+        Rows of ids that are not entities are meaningless (``forward`` masks them out).
+        """
         rows = self.entity_row[ids]  # [...]
         out = self.embedding(ids) @ self.complement
         for j, codes in enumerate(self.codes):
