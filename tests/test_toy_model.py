@@ -12,15 +12,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from ravel_bench.data import EntityTypeRelease, default_cache_dir, load_release
 from ravel_bench.errors import ConfigError
 from ravel_bench.toy_model import (
+    _MAX_POSITIONS,
     METADATA_FILE,
     TINY_TOY_CONFIG,
     ToyModelConfig,
+    _Corpus,
     _pack,
+    _vocabulary_texts,
     build_toy_model,
     load_toy_model,
     select_entities,
     toy_attribute_basis,
 )
+from ravel_bench.toy_tokenizer import build_word_tokenizer
 
 # Enough to exercise the whole pipeline twice; the trained tiny model is built once per module.
 FEW_STEPS = dataclasses.replace(TINY_TOY_CONFIG, train_steps=4)
@@ -237,3 +241,40 @@ def test_packed_sequences_do_not_see_each_other() -> None:
             assert batch["input_ids"][row, start : start + len(seq)].tolist() == seq
             alone = model(input_ids=torch.tensor([seq])).logits[0]  # [pos, vocab]
             torch.testing.assert_close(packed[row, start : start + len(seq)], alone)
+
+
+def test_swap_pairs_teach_the_base_to_answer_like_the_source(city: EntityTypeRelease) -> None:
+    """Full swaps: the base's text is the source entity's answer, the source may use another
+    template; attribute swaps: the queried attribute follows the source, others stay the base's."""
+    names = list(select_entities(city, TINY_TOY_CONFIG))
+    tokenizer = build_word_tokenizer(
+        _vocabulary_texts(city, TINY_TOY_CONFIG, names), _MAX_POSITIONS
+    )
+    corpus = _Corpus(city, TINY_TOY_CONFIG, names, tokenizer)
+    n, templates = len(names), set(map(tuple, corpus.templates))
+    row_of = {tuple(s): i for i, s in enumerate(corpus.templates)}
+    kinds = {"full same template": 0, "full other template": 0, "cause": 0, "isolate": 0}
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        seqs, pairs = corpus.batch(32, generator)
+        for b, s, base_pos, source_pos, subspace in pairs:
+            base, source = seqs[b], seqs[s]
+            assert tuple(source) in templates
+            source_entity = corpus.entity_id.index(source[source_pos])
+            base_entity = corpus.entity_id.index(base[base_pos])
+            assert base_entity != source_entity
+            as_source = tuple([*base[:base_pos], source[source_pos], *base[base_pos + 1 :]])
+            if subspace == 0:  # the base continues like the source entity in the base's template
+                assert as_source in templates
+                same = as_source == tuple(source)
+                kinds["full same template" if same else "full other template"] += 1
+            else:
+                template = row_of[tuple(source)] // n
+                assert base_pos == source_pos == corpus.entity_pos[template]
+                if subspace - 1 == corpus.template_attribute[template]:  # cause
+                    assert as_source == tuple(source)
+                    kinds["cause"] += 1
+                else:  # isolate: the base's own text
+                    assert tuple(base) == tuple(corpus.templates[template * n + base_entity])
+                    kinds["isolate"] += 1
+    assert all(count > 10 for count in kinds.values()), kinds
