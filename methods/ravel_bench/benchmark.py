@@ -79,8 +79,8 @@ class BenchmarkConfig:
 def choose_layer(full_swap_cause: dict[str, list[float]]) -> tuple[int, str]:
     """Choose the block to benchmark from a full-swap sweep, and say why.
 
-    The choice is the first block (after block 0's processing of the entity, not the raw
-    embeddings) whose full-swap Cause is at least :data:`CARRIES_ATTRIBUTES_CAUSE` in every
+    The choice is the first block output (never the raw embeddings, which no block has
+    processed yet) whose full-swap Cause is at least :data:`CARRIES_ATTRIBUTES_CAUSE` in every
     setting: the entity's vector still carries all its attributes there, so a method can find
     each one. If no block qualifies, the block with the highest lowest-setting Cause.
 
