@@ -33,8 +33,9 @@ def test_swap_projections_are_identity_then_attribute_projectors() -> None:
 
 
 def _factorized(seed: int = 0) -> FactorizedEntityEmbedding:
-    torch.manual_seed(seed)
-    embedding = torch.nn.Embedding(10, 16)
+    with torch.random.fork_rng(devices=[]):  # leave the global RNG to the other tests
+        torch.manual_seed(seed)
+        embedding = torch.nn.Embedding(10, 16)
     # entities are tokens 3..6; attribute 0 values [0, 0, 1, 1], attribute 1 values [0, 1, 2, 0]
     value_index = torch.tensor([[0, 0, 1, 1], [0, 1, 2, 0]])
     basis = attribute_basis(16, 2, 3, seed=0)

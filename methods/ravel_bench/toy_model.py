@@ -64,7 +64,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -760,8 +760,7 @@ def build_toy_model(
         torch.manual_seed(config.seed)
         model = LlamaForCausalLM(model_config)
     model.train()
-    projections = torch.eye(config.d_model)[None]  # [1, d_model, d_model]: full swaps only
-    factorized = None
+    projections, factorized = None, None  # attribute swaps only with attribute_dim > 0
     if config.attribute_dim:
         basis = toy_attribute_basis(config)  # [n_attributes, attribute_dim, d_model]
         projections = swap_projections(basis)  # [1 + n_attributes, d_model, d_model]
@@ -789,10 +788,14 @@ def build_toy_model(
         ).view(-1, 2)
         subspace = torch.tensor([j for *_, j in pairs], dtype=torch.long)
         full, partial = subspace == 0, subspace > 0
-        with (
-            _swapped(model, block, base[full], source[full]),
-            _swapped(model, None, base[partial], source[partial], projections[subspace[partial]]),
-        ):
+        with ExitStack() as swaps:
+            swaps.enter_context(_swapped(model, block, base[full], source[full]))
+            if partial.any():  # attribute swaps edit the input embeddings
+                swaps.enter_context(
+                    _swapped(
+                        model, None, base[partial], source[partial], projections[subspace[partial]]
+                    )
+                )
             loss = model(**batch, use_cache=False).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
