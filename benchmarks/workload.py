@@ -160,13 +160,21 @@ def build_workload(
     return Workload(tokenizer=tokenizer, pairs=pairs)
 
 
-def build_model(shape: ModelShape, vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    """A random-weight Llama of ``shape`` in eval mode, float32, seeded.
+def build_model(
+    shape: ModelShape,
+    vocab_size: int,
+    seed: int = 0,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> LlamaForCausalLM:
+    """A random-weight Llama of ``shape`` in eval mode, seeded, built on ``device`` in ``dtype``.
 
     ``initializer_range`` is 0.2 (HF's default is 0.02) so that the hidden states, and the
     interventions on them, visibly change the greedy outputs. EOS is cleared from the generation
     config: the protocol generates a fixed number of tokens, and ``generate`` would otherwise
-    stop a row at EOS and pad it.
+    stop a row at EOS and pad it. The weights are drawn on ``device`` (a 7B model is built on
+    the GPU in seconds), so the same seed gives different weights on a CPU and on a GPU.
     """
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -182,9 +190,16 @@ def build_model(shape: ModelShape, vocab_size: int, seed: int = 0) -> LlamaForCa
         pad_token_id=3,
         tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device(device)
+    default_dtype = torch.get_default_dtype()
+    forked = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked), device:
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).eval()
+        torch.set_default_dtype(dtype)
+        try:
+            model = LlamaForCausalLM(config).eval()
+        finally:
+            torch.set_default_dtype(default_dtype)
     model.generation_config.eos_token_id = None
     model.requires_grad_(False)
     return model

@@ -74,3 +74,13 @@ def test_pyvene_and_ravel_bench_training_losses_agree(tiny_workload):
     )
     assert len(ours) == len(theirs) == 3
     assert ours == pytest.approx(theirs, rel=1e-4)
+
+
+def test_build_model_is_seeded_and_takes_a_dtype():
+    first, again = build_model(TINY, 50, seed=4), build_model(TINY, 50, seed=4)
+    assert first.dtype == torch.float32
+    for a, b in zip(first.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+    half = build_model(TINY, 50, seed=4, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.get_default_dtype() == torch.float32
+    assert half.lm_head.weight.shape == (50, TINY.d_model)

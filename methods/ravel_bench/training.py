@@ -30,6 +30,7 @@ from ravel_bench.engine.hooks import patch_first_pass
 from ravel_bench.engine.interchange import model_device, source_vectors
 from ravel_bench.engine.positions import encode_rows, encode_with_entity_span
 from ravel_bench.engine.prefix import PrefixTable, build_prefix_table, rest_inputs, split_before
+from ravel_bench.engine.transfer import batch_to_device, to_device
 from ravel_bench.errors import ConfigError, DataFormatError
 from ravel_bench.featurizers.base import Featurizer
 from ravel_bench.featurizers.mask import TrainableMask
@@ -332,8 +333,8 @@ def train_intervention(
             batch, positions, label_mask, starts = teacher_forced_batch(
                 tokenizer, [examples[i] for i in rows.tolist()], return_starts=True
             )
-            batch = {k: v.to(device) for k, v in batch.items()}
-            src = source[rows.to(device)]  # [batch, d_model]
+            batch = batch_to_device(batch, device)
+            src = source[to_device(rows, device)]  # [batch, d_model]
             if isinstance(trainable, TrainableMask):
                 trainable.set_progress(step / max(total - 1, 1))
             with parametrize.cached():  # materialize the orthogonal matrix once per step
@@ -342,7 +343,14 @@ def train_intervention(
                     return trainable.intervene(base.float(), src)
 
                 loss = _counterfactual_loss(
-                    model, batch, positions, label_mask.to(device), layer, edit, starts, table
+                    model,
+                    batch,
+                    positions,
+                    to_device(label_mask, device),
+                    layer,
+                    edit,
+                    starts,
+                    table,
                 )
                 total_loss = loss + trainable.regularization().to(loss.device)
                 total_loss.backward()

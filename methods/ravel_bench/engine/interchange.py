@@ -20,6 +20,7 @@ from ravel_bench.engine.generation import greedy_generate, position_ids_from_mas
 from ravel_bench.engine.hooks import patch_first_pass, residual_at_positions
 from ravel_bench.engine.positions import encode_rows, pad_left
 from ravel_bench.engine.prefix import build_prefix_table, rest_inputs
+from ravel_bench.engine.transfer import batch_to_device, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ def _batches(order: list[int], cut: list[bool], batch_size: int) -> list[list[in
 
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -104,21 +101,21 @@ def source_vectors(
         cache = None
         if cut[rows[0]]:  # a batch is all cut or all whole
             cache, prefix_mask = table.select([prefixes[i] for i in rows])
-            rest = _to_device(
+            rest = batch_to_device(
                 pad_left([distinct[i][len(prefixes[i]) :] for i in rows], pad_id), device
             )
             inputs = rest_inputs(rest, prefix_mask)
             batch = {k: inputs[k] for k in ("input_ids", "attention_mask")}
             position_ids = inputs["position_ids"]
         else:
-            batch = _to_device(pad_left([distinct[i] for i in rows], pad_id), device)
+            batch = batch_to_device(pad_left([distinct[i] for i in rows], pad_id), device)
             position_ids = position_ids_from_mask(batch["attention_mask"])
         # Every row ends with its entity's last token.
-        last = torch.full((len(rows),), batch["input_ids"].shape[1] - 1)
+        last = torch.full((len(rows),), batch["input_ids"].shape[1] - 1, device=device)
         vectors = residual_at_positions(model, layer, batch, last, position_ids, cache=cache)
         if unique is None:
             unique = vectors.new_empty(len(distinct), vectors.shape[-1])
-        unique[torch.tensor(rows, device=vectors.device)] = vectors  # [rows, d_model]
+        unique[to_device(torch.tensor(rows), vectors.device)] = vectors  # [rows, d_model]
     logger.debug(
         "source vectors: %d rows, %d distinct prompts, %d distinct token sequences",
         len(templates),
@@ -128,7 +125,7 @@ def source_vectors(
     rows = torch.tensor(
         [seq_index[truncated[key_index[k]]] for k in zip(templates, entities, strict=True)]
     )
-    return unique[rows.to(unique.device)]  # [rows, d_model]
+    return unique[to_device(rows, unique.device)]  # [rows, d_model]
 
 
 @torch.no_grad()
@@ -172,13 +169,15 @@ def intervened_generate(
     )
     device = model_device(model)
     pad_id = _pad_id(tokenizer)
-    out = torch.empty(len(prefixes), max_new_tokens, dtype=torch.long)
+    # Filled on the device and copied back once: a copy per batch would make the host wait for
+    # the GPU every batch instead of queueing the next one.
+    out = torch.empty(len(prefixes), max_new_tokens, dtype=torch.long, device=device)
     batches = _batches(order, cut, batch_size)
     for rows in tqdm(batches, desc="intervened generation", leave=False, disable=not show_progress):
         cache = None
         start = [encoded.first[i] if cut[i] else 0 for i in rows]  # each row's first token kept
         kept = [encoded.ids[i][s:] for i, s in zip(rows, start, strict=True)]
-        batch = _to_device(pad_left(kept, pad_id), device)
+        batch = batch_to_device(pad_left(kept, pad_id), device)
         width = batch["input_ids"].shape[1]
         last = torch.tensor(
             [
@@ -186,13 +185,15 @@ def intervened_generate(
                 for i, k, s in zip(rows, kept, start, strict=True)
             ]
         )  # [batch]: the entity's last token, in the padded kept rows
+        last = to_device(last, device)
+        index = to_device(torch.tensor(rows), device)  # [batch]
         if cut[rows[0]]:  # a batch is all cut or all whole
             cache, prefix_mask = table.select([prefixes[i] for i in rows])
             batch = rest_inputs(batch, prefix_mask)
         if intervene is None:
             generated = greedy_generate(model, batch, max_new_tokens, cache=cache)
         else:
-            src = source[torch.tensor(rows, device=source.device)]  # [batch, d_model]
+            src = source[index.to(source.device)]  # [batch, d_model]
 
             def edit(base: torch.Tensor, src: torch.Tensor = src) -> torch.Tensor:
                 # Featurizers compute in float32 whatever the model's dtype.
@@ -200,5 +201,5 @@ def intervened_generate(
 
             with patch_first_pass(model, layer, last, edit):
                 generated = greedy_generate(model, batch, max_new_tokens, cache=cache)
-        out[torch.tensor(rows)] = generated.cpu()
-    return out
+        out[index] = generated
+    return out.cpu()

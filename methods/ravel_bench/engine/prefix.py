@@ -25,6 +25,7 @@ from torch import nn
 
 from ravel_bench.engine.generation import forward_kwargs, position_ids_from_mask
 from ravel_bench.engine.hooks import run_until
+from ravel_bench.engine.transfer import to_device
 
 Prefix = tuple[int, ...]
 
@@ -125,8 +126,9 @@ class PrefixTable:
         A key not in the table (``()`` for a row that was not cut) gets an all-zero mask: that
         row attends to no cached token.
         """
-        index = torch.tensor([self.rows.get(k, 0) for k in keys], device=self.attention_mask.device)
-        has_prefix = torch.tensor([k in self.rows for k in keys], device=self.attention_mask.device)
+        device = self.attention_mask.device
+        index = to_device(torch.tensor([self.rows.get(k, 0) for k in keys]), device)  # [batch]
+        has_prefix = to_device(torch.tensor([k in self.rows for k in keys]), device)  # [batch]
         mask = self.attention_mask[index] * has_prefix[:, None].to(self.attention_mask.dtype)
         return _select_rows(self.cache, index), mask  # [batch, p]
 
@@ -183,8 +185,8 @@ def build_prefix_table(
         return None
     device = next(model.parameters()).device
     width = max(len(k) for k in chosen)
-    ids = torch.tensor([[0] * (width - len(k)) + list(k) for k in chosen], device=device)
-    mask = torch.tensor([[0] * (width - len(k)) + [1] * len(k) for k in chosen], device=device)
+    ids = to_device(torch.tensor([[0] * (width - len(k)) + list(k) for k in chosen]), device)
+    mask = to_device(torch.tensor([[0] * (width - len(k)) + [1] * len(k) for k in chosen]), device)
     cache = new_cache(model)
     cache_kw, extra = forward_kwargs(model)
     inputs = {
