@@ -159,3 +159,17 @@ def test_instance_command_on_the_embedded_test_model(release_tgz, tmp_path, caps
     assert meta["n_candidates"] == 20
     assert set(meta["attributes"]) <= {"Continent", "Country"}
     assert "pairs" in capsys.readouterr().out
+
+
+def test_training_defaults_of_the_cli_are_the_library_defaults():
+    from ravel_bench.cli import build_parser
+    from ravel_bench.training import TrainConfig
+
+    args = build_parser().parse_args(["benchmark", "--output", "x"])
+    defaults = TrainConfig()
+    assert (args.lr, args.epochs, args.train_batch_size, args.dim) == (
+        defaults.lr,
+        defaults.epochs,
+        defaults.batch_size,
+        defaults.k,
+    )

@@ -385,7 +385,9 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entity-type", default="city", help="entity type (default: city)")
     parser.add_argument("--instance", default=None, help="instance folder (default: build one)")
     parser.add_argument("--dim", type=int, default=8, help="k: subspace size (default 8)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (DAS/DBM family)")
+    parser.add_argument(
+        "--lr", type=float, default=3e-3, help="learning rate (DAS/DBM family; default 3e-3)"
+    )
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     parser.add_argument("--train-batch-size", type=int, default=16, help="training batch size")
     parser.add_argument("--seed", type=int, default=0)
