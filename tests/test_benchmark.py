@@ -77,6 +77,27 @@ def test_attribute_independent_work_is_done_once(tiny_city, city, loaded, tmp_pa
         assert saved["attribute"] == attribute and saved["base_model"] == "tiny-random"
 
 
+def test_a_feature_budget_caps_pca_sae_and_the_masks(tiny_city, city, loaded, tmp_path):
+    _, _, instance, _ = tiny_city
+    config = BenchmarkConfig(
+        methods=("pca", "sae", "dbm", "mdbm", "das"),
+        layer=0,
+        k=4,
+        train=TrainConfig(epochs=1, batch_size=4),
+        max_features=3,
+    )
+    run_benchmark(loaded, instance, city, config, tmp_path, show_progress=False)
+    for method in ("pca", "sae", "dbm", "mdbm"):
+        saved = json.loads(
+            (tmp_path / "featurizers" / f"{method}-Country" / "config.json").read_text()
+        )
+        assert saved["k"] <= 3, (method, saved["k"])
+    das = json.loads((tmp_path / "featurizers" / "das-Country" / "config.json").read_text())
+    assert das["k"] == 4  # DAS keeps its k
+    with pytest.raises(ConfigError, match="max_features=0 must be >= 1"):
+        BenchmarkConfig(max_features=0)
+
+
 def test_choose_layer_takes_the_first_block_that_still_carries_the_entity() -> None:
     cause = {"entity": [0.79, 0.85, 0.9, 0.1], "context": [0.95, 0.81, 0.7, 0.0]}
     layer, why = benchmark.choose_layer(cause)

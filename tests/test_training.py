@@ -88,6 +88,19 @@ def test_trainable_mask_soft_then_hard():
     assert exported.mask.tolist() == [True, False, True, False]
 
 
+def test_a_feature_budget_keeps_the_largest_positive_logits():
+    mask = TrainableMask(5)
+    with torch.no_grad():
+        mask.logits.copy_(torch.tensor([2.0, -1.0, 0.5, 3.0, 0.5]))
+    assert mask.hard_mask(max_features=2).tolist() == [True, False, False, True, False]
+    # Ties go to the lower index; a budget above the positive count changes nothing.
+    assert mask.hard_mask(max_features=3).tolist() == [True, False, True, True, False]
+    assert mask.hard_mask(max_features=10).tolist() == mask.hard_mask().tolist()
+    assert mask.export("dbm", max_features=1).mask.tolist() == [False, False, False, True, False]
+    with pytest.raises(ConfigError, match="max_features=0 must be >= 1"):
+        TrainConfig(method="dbm", max_features=0)
+
+
 def test_multitask_examples_mix_isolate_rows(tiny_city):
     _, _, instance, _ = tiny_city
     das = training_examples(instance, ATTRIBUTE, TrainConfig(method="das"))

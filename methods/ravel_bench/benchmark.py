@@ -60,6 +60,10 @@ class BenchmarkConfig:
         train: hyperparameters of the intervention methods (``method`` is overridden).
         seed: seed of every method.
         batch_size: prompts per forward pass at evaluation.
+        max_features: a feature budget for the methods that choose how many features they
+            swap: PCA and SAE keep at most this many (the largest L1 coefficients), DBM and MDBM
+            at most this many neurons (the largest mask logits). ``None`` (the default): no
+            budget, as in RAVEL. DAS, MDAS, RLAP and the random baseline always use ``k``.
     """
 
     methods: tuple[str, ...] = ALL_METHODS
@@ -69,11 +73,14 @@ class BenchmarkConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     batch_size: int = 64
+    max_features: int | None = None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in ALL_METHODS]
         if unknown:
             raise ConfigError(f"unknown methods {unknown}; choose among {', '.join(ALL_METHODS)}")
+        if self.max_features is not None and self.max_features < 1:
+            raise ConfigError(f"max_features={self.max_features} must be >= 1 (or None: no budget)")
 
 
 def choose_layer(full_swap_cause: dict[str, list[float]]) -> tuple[int, str]:
@@ -129,7 +136,7 @@ def train_featurizer(
     """
     model, tokenizer, layer = loaded.model, loaded.tokenizer, config.layer
     if method in INTERVENTION_METHODS:
-        train_config = replace(config.train, method=method, k=config.k, seed=config.seed)
+        train_config = _train_config(method, config)
         featurizer, _ = train_intervention(
             model,
             tokenizer,
@@ -163,23 +170,36 @@ def train_featurizer(
     }
     args = (model, tokenizer, instance, release, attribute, layer)
     if method == "pca":
-        featurizer = train_pca(*args, pca=shared.get("pca"), **common)
+        featurizer = train_pca(*args, k=config.max_features, pca=shared.get("pca"), **common)
     elif method == "sae":
-        featurizer = train_sae(*args, sae=shared.get("sae"), **common)
+        featurizer = train_sae(*args, k=config.max_features, sae=shared.get("sae"), **common)
     else:
         featurizer = train_rlap(*args, k=config.k, **common)
     shared.setdefault(method, featurizer)  # PCA/SAE: reused (masks are replaced, not shared)
     return featurizer
 
 
+def _train_config(method: str, config: BenchmarkConfig) -> TrainConfig:
+    """The intervention trainer's config for ``method`` under the benchmark's settings."""
+    return replace(
+        config.train,
+        method=method,
+        k=config.k,
+        seed=config.seed,
+        max_features=config.max_features if method in ("dbm", "mdbm") else None,
+    )
+
+
 def _recipe(method: str, config: BenchmarkConfig) -> dict:
     """The training recipe recorded in a featurizer's card."""
     recipe: dict = {"method": method, "seed": config.seed, "layer": config.layer}
     if method in INTERVENTION_METHODS:
-        train = replace(config.train, method=method, k=config.k, seed=config.seed)
+        train = _train_config(method, config)
         recipe.update({k: v for k, v in vars(train).items() if k != "log_every"})
     elif method == "rlap":
         recipe["k"] = config.k
+    elif method in ("pca", "sae") and config.max_features is not None:
+        recipe["max_features"] = config.max_features
     return recipe
 
 

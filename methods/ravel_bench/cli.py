@@ -325,6 +325,7 @@ def _benchmark_config(args: argparse.Namespace, methods: tuple[str, ...], layer:
         train=train,
         seed=args.seed,
         batch_size=args.batch_size,
+        max_features=args.max_features,
     )
 
 
@@ -390,6 +391,13 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     parser.add_argument("--train-batch-size", type=int, default=16, help="training batch size")
+    parser.add_argument(
+        "--max-features",
+        type=int,
+        default=None,
+        help="feature budget: PCA, SAE, DBM and MDBM swap at most this many features "
+        "(default: no budget, as in RAVEL)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     _add_model(parser, default="toy")
     _add_source(parser)

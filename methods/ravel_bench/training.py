@@ -61,6 +61,8 @@ class TrainConfig:
         isolate_ratio: isolate examples per other attribute, relative to the number of cause
             examples (reference 5000 / 20000 = 0.25); multi-task methods only.
         l1_coefficient: weight of the mask's L1 penalty (DBM, MDBM).
+        max_features: keep at most this many neurons in the evaluated mask (DBM, MDBM), those
+            with the largest logits; ``None`` (the default): every neuron the mask keeps.
         temperature_start, temperature_end: mask temperature schedule (DBM, MDBM).
         seed: seeds initialization, sampling and shuffling.
         log_every: steps between loss syncs (``.item()``) for logging.
@@ -74,6 +76,7 @@ class TrainConfig:
     max_cause_examples: int = 20000
     isolate_ratio: float = 0.25
     l1_coefficient: float = 1e-2
+    max_features: int | None = None
     temperature_start: float = 1.0
     temperature_end: float = 0.01
     seed: int = 0
@@ -89,6 +92,8 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"TrainConfig.lr={self.lr} must be a positive number")
+        if self.max_features is not None and self.max_features < 1:
+            raise ConfigError(f"TrainConfig.max_features={self.max_features} must be >= 1")
         if self.isolate_ratio < 0:
             raise ConfigError(f"TrainConfig.isolate_ratio={self.isolate_ratio} must be >= 0")
 
@@ -368,8 +373,10 @@ def train_intervention(
                 if on_log is not None:
                     on_log(record)
     progress.close()
+    export = {"max_features": config.max_features} if isinstance(trainable, TrainableMask) else {}
     featurizer = trainable.export(
         config.method,
+        **export,
         base_model=model_id,
         base_model_revision=model_revision,
         n_layers=len(decoder_blocks(model)),

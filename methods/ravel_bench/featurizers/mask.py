@@ -55,10 +55,21 @@ class TrainableMask(nn.Module):
         """L1 penalty: ``l1_coefficient * mean(mask)``."""
         return self.l1_coefficient * self.soft_mask().mean()
 
-    def hard_mask(self) -> torch.Tensor:
-        """Bool ``[d_model]``: the neurons swapped at evaluation."""
-        return self.logits.detach() > 0
+    def hard_mask(self, max_features: int | None = None) -> torch.Tensor:
+        """Bool ``[d_model]``: the neurons swapped at evaluation (``logit > 0``).
 
-    def export(self, method: str, **config) -> IdentityFeaturizer:
-        """The trained featurizer with the hard mask."""
-        return IdentityFeaturizer.from_mask(self.hard_mask(), method=method, **config)
+        Args:
+            max_features: keep at most this many, those with the largest logits (ties broken
+                by the lower index); ``None``: every neuron with a positive logit.
+        """
+        logits = self.logits.detach()
+        mask = logits > 0
+        if max_features is not None and int(mask.sum()) > max_features:
+            top = torch.argsort(logits, descending=True, stable=True)[:max_features]
+            mask = torch.zeros_like(mask)
+            mask[top] = True
+        return mask
+
+    def export(self, method: str, max_features: int | None = None, **config) -> IdentityFeaturizer:
+        """The trained featurizer with the hard mask (at most ``max_features`` neurons)."""
+        return IdentityFeaturizer.from_mask(self.hard_mask(max_features), method=method, **config)
