@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import sides
@@ -65,6 +66,8 @@ class GpuRun:
         batch_size: pairs per batch, both sides.
         repeats: interleaved timed repetitions per side (after one warm-up each).
         count_flops: count the FLOPs of one pass per side and report the fraction of peak.
+        attention_ab: also time ravel-bench with cuDNN's attention backend off (the change in
+            ``experiments/gpu_cudnn_attention_off.patch``), interleaved with the two sides.
     """
 
     shape: str
@@ -73,15 +76,16 @@ class GpuRun:
     batch_size: int = 64
     repeats: int = 3
     count_flops: bool = False
+    attention_ab: bool = False
 
 
 RUNS = (
-    GpuRun("llama-2-7b", "bfloat16", pairs=2048, count_flops=True),
+    GpuRun("llama-2-7b", "bfloat16", pairs=2048, count_flops=True, attention_ab=True),
     GpuRun("toy", "float32", pairs=4096, repeats=5),
     GpuRun("wide", "float32", pairs=4096, repeats=5),
 )
 QUICK_RUNS = (
-    GpuRun("toy", "bfloat16", pairs=128, repeats=2, count_flops=True),
+    GpuRun("toy", "bfloat16", pairs=128, repeats=2, count_flops=True, attention_ab=True),
     GpuRun("toy", "float32", pairs=128, repeats=2),
 )
 K = 16
@@ -132,8 +136,8 @@ def eval_run(workload: Workload, run: GpuRun, device: torch.device) -> dict:
     featurizer = random_subspace(shape.d_model, K, seed=0).to(device)
     intervenable = sides.pyvene_intervenable(model, shape.layer, K)
     sides.load_directions(intervenable, featurizer.directions.cpu())
-    outputs: dict[str, list[torch.Tensor]] = {"ravel": [], "pyvene": []}
-    peak: dict[str, int] = {"ravel": 0, "pyvene": 0}
+    outputs: dict[str, list[torch.Tensor]] = {"ravel": [], "pyvene": [], "ravel_no_cudnn": []}
+    peak: dict[str, int] = {"ravel": 0, "pyvene": 0, "ravel_no_cudnn": 0}
 
     def measured(side: str, fn) -> None:
         _reset_peak_memory(device)
@@ -155,8 +159,22 @@ def eval_run(workload: Workload, run: GpuRun, device: torch.device) -> dict:
             lambda: sides.pyvene_eval(intervenable, workload.tokenizer, pairs, run.batch_size),
         )
 
-    ravel(), pyvene()  # warm-up (kernel selection, allocator), and the outputs compared below
-    times = interleaved_times({"ravel": ravel, "pyvene": pyvene}, run.repeats)
+    def ravel_no_cudnn() -> None:
+        backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        with sdpa_kernel(backends):
+            measured(
+                "ravel_no_cudnn",
+                lambda: sides.ravel_eval(
+                    model, workload.tokenizer, pairs, shape.layer, featurizer, run.batch_size
+                ),
+            )
+
+    contenders = {"ravel": ravel, "pyvene": pyvene}
+    if run.attention_ab:
+        contenders["ravel_no_cudnn"] = ravel_no_cudnn
+    for warm_up in contenders.values():
+        warm_up()  # kernel selection, allocator; these outputs are the ones compared below
+    times = interleaved_times(contenders, run.repeats)
     ours, theirs = outputs["ravel"][0], outputs["pyvene"][0]
     plain = intervened_generate(
         model,
@@ -194,6 +212,12 @@ def eval_run(workload: Workload, run: GpuRun, device: torch.device) -> dict:
     }
     row["speedup"] = row["ravel_pairs_per_s"] / row["pyvene_pairs_per_s"]
     row["agreement"] = row["identical"] / row["pairs"]
+    if run.attention_ab:
+        row["ravel_no_cudnn_pairs_per_s"] = len(pairs) / median(times["ravel_no_cudnn"])
+        row["ravel_no_cudnn_seconds"] = times["ravel_no_cudnn"]
+        row["ravel_no_cudnn_vs_ravel_identical"] = float(
+            (outputs["ravel_no_cudnn"][0] == ours).all(dim=1).float().mean()
+        )
     if run.count_flops:
         for side, fn in (("ravel", ravel), ("pyvene", pyvene)):
             with FlopCounterMode(display=False) as counter:
@@ -273,6 +297,23 @@ def render(results: dict) -> str:
                     f"{r[f'{side}_flop_per_s'] / 1e12:,.0f} | "
                     f"{100 * r[f'{side}_flop_per_s'] / peak:.1f}% |"
                 )
+    ablated = [r for r in results["eval"] if "ravel_no_cudnn_pairs_per_s" in r]
+    if ablated:
+        lines += [
+            "",
+            "## ravel-bench with cuDNN's attention backend off (interleaved with the above)",
+            "",
+            "| model | ravel-bench pairs/s | with cuDNN attention off | change | identical "
+            "generations |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in ablated:
+            lines.append(
+                f"| {r['model']} ({r['dtype']}) | {r['ravel_pairs_per_s']:,.0f} | "
+                f"{r['ravel_no_cudnn_pairs_per_s']:,.0f} | "
+                f"{r['ravel_no_cudnn_pairs_per_s'] / r['ravel_pairs_per_s']:.2f}x | "
+                f"{100 * r['ravel_no_cudnn_vs_ravel_identical']:.1f}% |"
+            )
     lines += ["", f"Total wall time: {results['wall_seconds'] / 60:.1f} min.", ""]
     return "\n".join(lines)
 

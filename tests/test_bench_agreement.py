@@ -84,3 +84,24 @@ def test_build_model_is_seeded_and_takes_a_dtype():
     half = build_model(TINY, 50, seed=4, dtype=torch.bfloat16)
     assert half.dtype == torch.bfloat16 and torch.get_default_dtype() == torch.float32
     assert half.lm_head.weight.shape == (50, TINY.d_model)
+
+
+def test_the_gpu_benchmark_runs_on_the_cpu(release_tgz, tmp_path):
+    """``python -m benchmarks.gpu --device cpu --quick``: its smoke test, report and results."""
+    pytest.importorskip("pyvene")
+    import json
+
+    from benchmarks import gpu
+
+    assert (
+        gpu.main(
+            ["--device", "cpu", "--quick", "--release", str(release_tgz), "--out", str(tmp_path)]
+        )
+        == 0
+    )
+    results = json.loads((tmp_path / "gpu_results.json").read_text())
+    float32 = next(r for r in results["eval"] if r["dtype"] == "float32")
+    assert float32["agreement"] == 1.0  # same math, float32: every generation identical
+    bf16 = next(r for r in results["eval"] if r["dtype"] == "bfloat16")
+    assert bf16["ravel_flops"] > 0 and bf16["pyvene_flops"] > bf16["ravel_flops"]
+    assert "cuDNN" in (tmp_path / "gpu_results.md").read_text()
