@@ -17,6 +17,7 @@ median time, over the rate of a large bf16 matrix product measured in the same r
 """
 
 import argparse
+import copy
 import gc
 import json
 import logging
@@ -218,6 +219,16 @@ def eval_run(workload: Workload, run: GpuRun, device: torch.device) -> dict:
         row["ravel_no_cudnn_vs_ravel_identical"] = float(
             (outputs["ravel_no_cudnn"][0] == ours).all(dim=1).float().mean()
         )
+    if dtype != torch.float32:
+        # How far each side's generations are from the same weights run in float32 (bf16 values
+        # are exact in float32): rounding moves both sides, and a bug would move one more.
+        reference_model = copy.deepcopy(model).float()
+        reference = sides.ravel_eval(
+            reference_model, workload.tokenizer, pairs, shape.layer, featurizer, run.batch_size
+        )
+        del reference_model
+        for side, generated in (("ravel", ours), ("pyvene", theirs)):
+            row[f"{side}_vs_float32"] = float((generated == reference).all(dim=1).float().mean())
     if run.count_flops:
         for side, fn in (("ravel", ravel), ("pyvene", pyvene)):
             with FlopCounterMode(display=False) as counter:
@@ -281,6 +292,20 @@ def render(results: dict) -> str:
             f"{100 * r['changed_by_intervention']:.1f}% | "
             f"{r['ravel_peak_bytes'] / 2**30:.1f} / {r['pyvene_peak_bytes'] / 2**30:.1f} |"
         )
+    rounded = [r for r in results["eval"] if "ravel_vs_float32" in r]
+    if rounded:
+        lines += [
+            "",
+            "## Rounding: generations equal to the same weights run in float32",
+            "",
+            "| model | ravel-bench | pyvene |",
+            "|---|---:|---:|",
+        ]
+        for r in rounded:
+            lines.append(
+                f"| {r['model']} ({r['dtype']}) | {100 * r['ravel_vs_float32']:.1f}% | "
+                f"{100 * r['pyvene_vs_float32']:.1f}% |"
+            )
     flops = [r for r in results["eval"] if "ravel_flops" in r]
     if flops:
         lines += [
