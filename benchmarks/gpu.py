@@ -264,6 +264,12 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def _section(title: str, columns: list[str], text_columns: int = 1) -> list[str]:
+    """A report section's heading and table head (the first ``text_columns`` left-aligned)."""
+    align = ["---"] * text_columns + ["---:"] * (len(columns) - text_columns)
+    return ["", f"## {title}", "", f"| {' | '.join(columns)} |", f"|{'|'.join(align)}|"]
+
+
 def render(results: dict) -> str:
     """The markdown report."""
     env = results["environment"]
@@ -294,13 +300,10 @@ def render(results: dict) -> str:
         )
     rounded = [r for r in results["eval"] if "ravel_vs_float32" in r]
     if rounded:
-        lines += [
-            "",
-            "## Rounding: generations equal to the same weights run in float32",
-            "",
-            "| model | ravel-bench | pyvene |",
-            "|---|---:|---:|",
-        ]
+        lines += _section(
+            "Rounding: generations equal to the same weights run in float32",
+            ["model", "ravel-bench", "pyvene"],
+        )
         for r in rounded:
             lines.append(
                 f"| {r['model']} ({r['dtype']}) | {100 * r['ravel_vs_float32']:.1f}% | "
@@ -308,13 +311,11 @@ def render(results: dict) -> str:
             )
     flops = [r for r in results["eval"] if "ravel_flops" in r]
     if flops:
-        lines += [
-            "",
-            "## Work and the fraction of the matmul peak",
-            "",
-            "| model | side | TFLOP per pass | TFLOP/s | fraction of the measured peak |",
-            "|---|---|---:|---:|---:|",
-        ]
+        lines += _section(
+            "Work and the fraction of the matmul peak",
+            ["model", "side", "TFLOP per pass", "TFLOP/s", "fraction of the measured peak"],
+            text_columns=2,
+        )
         for r in flops:
             for side, name in (("ravel", "ravel-bench"), ("pyvene", "pyvene")):
                 lines.append(
@@ -324,14 +325,16 @@ def render(results: dict) -> str:
                 )
     ablated = [r for r in results["eval"] if "ravel_no_cudnn_pairs_per_s" in r]
     if ablated:
-        lines += [
-            "",
-            "## ravel-bench with cuDNN's attention backend off (interleaved with the above)",
-            "",
-            "| model | ravel-bench pairs/s | with cuDNN attention off | change | identical "
-            "generations |",
-            "|---|---:|---:|---:|---:|",
-        ]
+        lines += _section(
+            "ravel-bench with cuDNN's attention backend off (interleaved with the above)",
+            [
+                "model",
+                "ravel-bench pairs/s",
+                "with cuDNN attention off",
+                "change",
+                "identical generations",
+            ],
+        )
         for r in ablated:
             lines.append(
                 f"| {r['model']} ({r['dtype']}) | {r['ravel_pairs_per_s']:,.0f} | "
