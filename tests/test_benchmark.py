@@ -77,21 +77,30 @@ def test_attribute_independent_work_is_done_once(tiny_city, city, loaded, tmp_pa
         assert saved["attribute"] == attribute and saved["base_model"] == "tiny-random"
 
 
-def test_a_feature_budget_caps_pca_sae_and_the_masks(tiny_city, city, loaded, tmp_path):
+def test_a_feature_budget_caps_pca_sae_and_the_masks(
+    tiny_city, city, loaded, tmp_path, monkeypatch
+):
     _, _, instance, _ = tiny_city
+    budgets = []
+    for name in ("train_pca", "train_sae"):
+        real = getattr(benchmark, name)
+
+        def recording(*args, _real=real, **kwargs):
+            budgets.append(kwargs["k"])
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(benchmark, name, recording)
     config = BenchmarkConfig(
-        methods=("pca", "sae", "dbm", "mdbm", "das"),
+        methods=("pca", "sae", "dbm", "das"),
         layer=0,
         k=4,
         train=TrainConfig(epochs=1, batch_size=4),
         max_features=3,
     )
     run_benchmark(loaded, instance, city, config, tmp_path, show_progress=False)
-    for method in ("pca", "sae", "dbm", "mdbm"):
-        saved = json.loads(
-            (tmp_path / "featurizers" / f"{method}-Country" / "config.json").read_text()
-        )
-        assert saved["k"] <= 3, (method, saved["k"])
+    assert budgets and set(budgets) == {3}  # PCA and SAE select their top 3 at most
+    dbm = json.loads((tmp_path / "featurizers" / "dbm-Country" / "config.json").read_text())
+    assert 1 <= dbm["k"] <= 3  # without the budget this mask keeps 7 neurons
     das = json.loads((tmp_path / "featurizers" / "das-Country" / "config.json").read_text())
     assert das["k"] == 4  # DAS keeps its k
     with pytest.raises(ConfigError, match="max_features=0 must be >= 1"):
