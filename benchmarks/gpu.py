@@ -124,6 +124,19 @@ def _reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def _fits_in_float32(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether a float32 copy of ``model`` fits beside it on ``device`` (with 20% to spare)."""
+    if device.type != "cuda":
+        return True
+    need = 1.2 * 4 * sum(p.numel() for p in model.parameters())  # bytes
+    free, _ = torch.cuda.mem_get_info(device)
+    if need > free:
+        logger.info(
+            "float32 reference skipped: needs %.1f GiB, %.1f free", need / 2**30, free / 2**30
+        )
+    return need <= free
+
+
 def eval_run(workload: Workload, run: GpuRun, device: torch.device) -> dict:
     """Interleaved eval of both sides on one model; every generation compared."""
     shape = _shape(run.shape)
@@ -219,7 +232,7 @@ def eval_run(workload: Workload, run: GpuRun, device: torch.device) -> dict:
         row["ravel_no_cudnn_vs_ravel_identical"] = float(
             (outputs["ravel_no_cudnn"][0] == ours).all(dim=1).float().mean()
         )
-    if dtype != torch.float32:
+    if dtype != torch.float32 and _fits_in_float32(model, device):
         # How far each side's generations are from the same weights run in float32 (bf16 values
         # are exact in float32): rounding moves both sides, and a bug would move one more.
         reference_model = copy.deepcopy(model).float()
