@@ -16,7 +16,6 @@ The fraction of the GPU's matmul peak is the FLOPs one eval pass performs (count
 median time, over the rate of a large bf16 matrix product measured in the same run.
 """
 
-import argparse
 import copy
 import gc
 import json
@@ -31,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import sides
+from benchmarks.entry import base_parser, configure_logging
 from benchmarks.measure import interleaved_times, median
 from benchmarks.workload import (
     SHAPES,
@@ -41,12 +41,9 @@ from benchmarks.workload import (
     distinct_sources,
     sources_run,
 )
-from ravel_bench.engine.interchange import intervened_generate
 from ravel_bench.featurizers.baselines import random_subspace
 
 logger = logging.getLogger("benchmarks")
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RELEASE = ROOT.parent / "shared" / "ravel" / "data.tgz"
 
 # Llama-2-7b's shapes (meta-llama/Llama-2-7b-hf config.json): 32 blocks, d_model 4096, 32 heads
 # (no grouped-query attention), MLP 11008, vocabulary 32000. The site is a middle block.
@@ -190,17 +187,7 @@ def eval_run(workload: Workload, run: GpuRun, device: torch.device) -> dict:
         warm_up()  # kernel selection, allocator; these outputs are the ones compared below
     times = interleaved_times(contenders, run.repeats)
     ours, theirs = outputs["ravel"][0], outputs["pyvene"][0]
-    plain = intervened_generate(
-        model,
-        workload.tokenizer,
-        [p["base_template"] for p in pairs],
-        [p["entity"] for p in pairs],
-        shape.layer,
-        None,
-        max_new_tokens=sides.MAX_NEW_TOKENS,
-        batch_size=run.batch_size,
-        show_progress=False,
-    )
+    plain = sides.plain_generate(model, workload.tokenizer, pairs, shape.layer, run.batch_size)
     # The noise floor of "identical": the baseline against itself at another batch size.
     other_batch = sides.pyvene_eval(intervenable, workload.tokenizer, pairs, run.batch_size // 2)
     row = {
@@ -385,16 +372,10 @@ def run_all(runs: tuple[GpuRun, ...], release: str, out: Path, device: torch.dev
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; prints the report."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gpu", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--release", default=str(DEFAULT_RELEASE), help="the RAVEL data.tgz")
+    parser = base_parser("python -m benchmarks.gpu", __doc__)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke test)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("ravel_bench").setLevel(logging.WARNING)
+    configure_logging()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible; use --device cpu --quick")

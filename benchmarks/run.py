@@ -15,7 +15,6 @@ The last line printed is the summary:
 ``eval speedup vs pyvene: X.XXx (agreement Y.Y%); train speedup vs pyvene: Z.ZZx``.
 """
 
-import argparse
 import json
 import logging
 import platform
@@ -29,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from benchmarks import sides
+from benchmarks.entry import ROOT, base_parser, configure_logging
 from benchmarks.measure import interleaved_times, median
 from benchmarks.workload import (
     SHAPES,
@@ -38,12 +38,9 @@ from benchmarks.workload import (
     distinct_sources,
     sources_run,
 )
-from ravel_bench.engine.interchange import intervened_generate
 from ravel_bench.featurizers.baselines import RotationFeaturizer
 
 logger = logging.getLogger("benchmarks")
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RELEASE = ROOT.parent / "shared" / "ravel" / "data.tgz"
 
 
 @dataclass(frozen=True)
@@ -209,17 +206,7 @@ def eval_stage(
     stable = all(torch.equal(ours, o) for o in outputs["ravel"]) and all(
         torch.equal(theirs, o) for o in outputs["pyvene"]
     )
-    plain = intervened_generate(
-        model,
-        workload.tokenizer,
-        [p["base_template"] for p in pairs],
-        [p["entity"] for p in pairs],
-        shape.layer,
-        None,
-        max_new_tokens=sides.MAX_NEW_TOKENS,
-        batch_size=batch_size,
-        show_progress=False,
-    )
+    plain = sides.plain_generate(model, workload.tokenizer, pairs, shape.layer, batch_size)
     row = {
         "model": shape.name,
         "pairs": len(pairs),
@@ -485,16 +472,10 @@ def run(config: BenchConfig, release: str, out: Path, threads: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; prints the summary line last."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--release", default=str(DEFAULT_RELEASE), help="the RAVEL data.tgz")
+    parser = base_parser("python -m benchmarks.run", __doc__)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("ravel_bench").setLevel(logging.WARNING)  # per-stage library lines
+    configure_logging()
     config = QUICK if args.quick else BenchConfig()
     results = run(config, args.release, args.out, args.threads)
     print(summary_line(results))  # noqa: T201 - the benchmark's one line of output

@@ -81,6 +81,27 @@ def ravel_eval(
     )
 
 
+def plain_generate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[dict[str, str]],
+    layer: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """The base prompts' generations without any intervention; ``[pairs, 3]``."""
+    return intervened_generate(
+        model,
+        tokenizer,
+        [p["base_template"] for p in pairs],
+        [p["entity"] for p in pairs],
+        layer,
+        None,
+        max_new_tokens=MAX_NEW_TOKENS,
+        batch_size=batch_size,
+        show_progress=False,
+    )
+
+
 def pyvene_intervenable(model: nn.Module, layer: int, k: int):
     """An ``IntervenableModel`` with one low-rank rotated-space intervention at ``layer``."""
     import pyvene as pv
