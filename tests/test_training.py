@@ -89,14 +89,19 @@ def test_trainable_mask_soft_then_hard():
 
 
 def test_a_feature_budget_keeps_the_largest_positive_logits():
-    mask = TrainableMask(5)
-    with torch.no_grad():
-        mask.logits.copy_(torch.tensor([2.0, -1.0, 0.5, 3.0, 0.5]))
-    assert mask.hard_mask(max_features=2).tolist() == [True, False, False, True, False]
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0, 0.5])
+
+    def mask(max_features):
+        trainable = TrainableMask(5, max_features=max_features)
+        with torch.no_grad():
+            trainable.logits.copy_(logits)
+        return trainable
+
+    assert mask(2).hard_mask().tolist() == [True, False, False, True, False]
     # Ties go to the lower index; a budget above the positive count changes nothing.
-    assert mask.hard_mask(max_features=3).tolist() == [True, False, True, True, False]
-    assert mask.hard_mask(max_features=10).tolist() == mask.hard_mask().tolist()
-    assert mask.export("dbm", max_features=1).mask.tolist() == [False, False, False, True, False]
+    assert mask(3).hard_mask().tolist() == [True, False, True, True, False]
+    assert mask(10).hard_mask().tolist() == mask(None).hard_mask().tolist()
+    assert mask(1).export("dbm").mask.tolist() == [False, False, False, True, False]
     with pytest.raises(ConfigError, match="max_features=0 must be >= 1"):
         TrainConfig(method="dbm", max_features=0)
 

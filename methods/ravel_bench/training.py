@@ -295,7 +295,11 @@ def train_intervention(
         trainable: nn.Module = TrainableRotation(d_model, config.k, generator)
     else:
         trainable = TrainableMask(
-            d_model, config.l1_coefficient, config.temperature_start, config.temperature_end
+            d_model,
+            config.l1_coefficient,
+            config.temperature_start,
+            config.temperature_end,
+            max_features=config.max_features,
         )
     trainable = trainable.to(device)
     model.requires_grad_(False)
@@ -373,10 +377,8 @@ def train_intervention(
                 if on_log is not None:
                     on_log(record)
     progress.close()
-    export = {"max_features": config.max_features} if isinstance(trainable, TrainableMask) else {}
     featurizer = trainable.export(
         config.method,
-        **export,
         base_model=model_id,
         base_model_revision=model_revision,
         n_layers=len(decoder_blocks(model)),

@@ -21,6 +21,8 @@ class TrainableMask(nn.Module):
         l1_coefficient: weight of the mean mask value in the loss.
         temperature_start, temperature_end: the annealing schedule's ends.
         init_logit: initial logit of every neuron (0: mask 0.5).
+        max_features: keep at most this many neurons in the hard mask, those with the largest
+            logits (ties broken by the lower index); ``None``: every neuron with a positive logit.
     """
 
     def __init__(
@@ -30,6 +32,7 @@ class TrainableMask(nn.Module):
         temperature_start: float = 1.0,
         temperature_end: float = 0.01,
         init_logit: float = 0.0,
+        max_features: int | None = None,
     ) -> None:
         super().__init__()
         self.logits = nn.Parameter(torch.full((d_model,), init_logit))
@@ -37,6 +40,7 @@ class TrainableMask(nn.Module):
         self.temperature_start = temperature_start
         self.temperature_end = temperature_end
         self.temperature = temperature_start
+        self.max_features = max_features
 
     def set_progress(self, fraction: float) -> None:
         """Anneal the temperature: ``fraction`` of training done, in [0, 1]."""
@@ -55,21 +59,17 @@ class TrainableMask(nn.Module):
         """L1 penalty: ``l1_coefficient * mean(mask)``."""
         return self.l1_coefficient * self.soft_mask().mean()
 
-    def hard_mask(self, max_features: int | None = None) -> torch.Tensor:
-        """Bool ``[d_model]``: the neurons swapped at evaluation (``logit > 0``).
-
-        Args:
-            max_features: keep at most this many, those with the largest logits (ties broken
-                by the lower index); ``None``: every neuron with a positive logit.
-        """
+    def hard_mask(self) -> torch.Tensor:
+        """Bool ``[d_model]``: the neurons swapped at evaluation (``logit > 0``, at most
+        ``max_features`` of them)."""
         logits = self.logits.detach()
         mask = logits > 0
-        if max_features is not None and int(mask.sum()) > max_features:
-            top = torch.argsort(logits, descending=True, stable=True)[:max_features]
+        if self.max_features is not None and int(mask.sum()) > self.max_features:
+            top = torch.argsort(logits, descending=True, stable=True)[: self.max_features]
             mask = torch.zeros_like(mask)
             mask[top] = True
         return mask
 
-    def export(self, method: str, max_features: int | None = None, **config) -> IdentityFeaturizer:
-        """The trained featurizer with the hard mask (at most ``max_features`` neurons)."""
-        return IdentityFeaturizer.from_mask(self.hard_mask(max_features), method=method, **config)
+    def export(self, method: str, **config) -> IdentityFeaturizer:
+        """The trained featurizer with the hard mask."""
+        return IdentityFeaturizer.from_mask(self.hard_mask(), method=method, **config)
