@@ -12,8 +12,6 @@ import inspect
 import torch
 from torch import nn
 
-from ravel_bench.engine.transfer import to_device
-
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Return position ids ``[batch, pos]`` that start at 0 on each row's first real token."""
@@ -71,7 +69,7 @@ def greedy_generate(
     # is a strided view that ``lm_head`` multiplies as a batched matmul (several times slower);
     # an index gathers a contiguous ``[batch, 1, d_model]`` first.
     last_only = (
-        {"logits_to_keep": to_device(torch.tensor([batch["input_ids"].shape[1] - 1]), mask.device)}
+        {"logits_to_keep": torch.full((1,), batch["input_ids"].shape[1] - 1, device=mask.device)}
         if extra
         else {}
     )
