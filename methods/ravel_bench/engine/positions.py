@@ -147,14 +147,8 @@ def encode_rows(
     for start in range(0, len(rows), chunk_size):
         chunk = rows[start : start + chunk_size]
         prompts = [t % e for t, e in chunk]
-        enc = tokenizer(
-            prompts,
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-            add_special_tokens=True,
-        )
-        for (template, entity), prompt, row, offsets in zip(
-            chunk, prompts, enc["input_ids"], enc["offset_mapping"], strict=True
+        for (template, entity), prompt, (row, offsets) in zip(
+            chunk, prompts, _ids_and_offsets(tokenizer, prompts), strict=True
         ):
             span_start, span_end = entity_char_span(template, entity)
             # The same rule as encode_with_entity_span: non-empty tokens overlapping the entity.
@@ -167,6 +161,37 @@ def encode_rows(
             first.append(hits[0])
             last.append(hits[-1])
     return EncodedRows(ids=ids, first=first, last=last)
+
+
+def _ids_and_offsets(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str]
+) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Each prompt's token ids (special tokens added) and character offsets, as Python lists.
+
+    ``tokenizer(prompts, return_offsets_mapping=True)`` calls the Rust backend's
+    ``encode_batch`` and then converts every encoding into dicts of lists in Python, which costs
+    several times the encoding itself. When the backend is in the state that call would put it in
+    (no truncation, no padding, special tokens not split), the backend is asked directly and
+    gives the same ids and offsets; otherwise (state left by a padded or truncated call) the
+    tokenizer's own call runs, and resets that state for the next chunk.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (
+        backend is not None
+        and backend.truncation is None
+        and backend.padding is None
+        and getattr(backend, "encode_special_tokens", False)
+        == bool(getattr(tokenizer, "split_special_tokens", False))
+    ):
+        encodings = backend.encode_batch(prompts, add_special_tokens=True)
+        return [(e.ids, e.offsets) for e in encodings]
+    enc = tokenizer(
+        prompts,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+        add_special_tokens=True,
+    )
+    return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
 
 
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
