@@ -85,15 +85,18 @@ def string_match(prediction: str, reference: str) -> bool:
 def token_match(prediction: Sequence[int], reference: Sequence[int]) -> bool:
     """Return whether generated token ids match the expected ones.
 
-    Correct iff the prediction is not empty and its first ``min(len(reference), len(prediction))``
-    ids equal the reference's.
+    Correct iff both are non-empty (as in :func:`string_match`: an empty reference expects
+    nothing that a generation could match) and the prediction's first
+    ``min(len(reference), len(prediction))`` ids equal the reference's.
 
     Example:
         >>> token_match([5, 6, 7], [5, 6]), token_match([5], [5, 6]), token_match([], [5])
         (True, True, False)
+        >>> token_match([5, 6, 7], [])
+        False
     """
     n = min(len(reference), len(prediction))
-    return len(prediction) > 0 and list(prediction[:n]) == list(reference[:n])
+    return n > 0 and list(prediction[:n]) == list(reference[:n])
 
 
 def _kind(value: object) -> str | None:

@@ -122,7 +122,8 @@ class RavelInstance:
 
 
 def extract_label(output: str) -> str:
-    """Return the first phrase of a generated text, with one leading space.
+    """Return the first phrase of a generated text, with one leading space (see
+    :func:`labels_in_context` for outputs written without one).
 
     Example:
         >>> extract_label(" Japan, and the capital is")
@@ -224,12 +225,15 @@ def build_instance(
         show_progress=show_progress,
     )
     outputs = tokenizer.batch_decode(_cut_at_special(tokenizer, generated))
-    labels = [extract_label(text) for text in outputs]
-    keys = label_token_ids(
-        tokenizer, [t % e for t, e in zip(rows_t, rows_e, strict=True)], labels, n=3
+    generated_rows = generated.tolist()
+    labels, keys = labels_in_context(
+        tokenizer,
+        [t % e for t, e in zip(rows_t, rows_e, strict=True)],
+        outputs,
+        generated_rows,
+        n=3,
     )
     cells: dict[tuple[str, str], Cell] = {}
-    generated_rows = generated.tolist()
     for t, e, text, label, key, gen in zip(
         rows_t, rows_e, outputs, labels, keys, generated_rows, strict=True
     ):
@@ -266,7 +270,7 @@ def build_instance(
     pools = PairPools(
         entity_split={e: release.entity_split[e] for e in entities},
         templates=kept_templates,
-        wikipedia=release.wikipedia,
+        wikipedia=other_contexts(release),
         cells=cells,
     )
     c_of = {"train": config.c_train, "entity": config.c_entity, "context": config.c_context}
@@ -306,6 +310,62 @@ def build_instance(
         ", ".join(f"{k} {len(v)}" for k, v in pairs.items()),
     )
     return RavelInstance(metadata=metadata, pairs=pairs)
+
+
+def other_contexts(release: EntityTypeRelease) -> dict[str, tuple[str, str | None]]:
+    """The release's Wikipedia templates that can serve as "Other" source contexts.
+
+    A string that is also an attribute template (15 Nobel strings of the release) queries an
+    attribute, so it is no "Other" context, whether or not an instance keeps it as a template.
+
+    Returns:
+        ``{template: (split, entity or None)}``, a subset of ``release.wikipedia``.
+    """
+    return {t: v for t, v in release.wikipedia.items() if t not in release.template_split}
+
+
+def labels_in_context(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    outputs: list[str],
+    generated: list[list[int]],
+    n: int = 3,
+) -> tuple[list[str], list[list[int]]]:
+    """Each output's label and the label's first ``n`` tokens in context.
+
+    The label is the output's first phrase with a leading space (:func:`extract_label`), the
+    form most answers take (``" Japan"`` after ``"... in the country of"``). After a JSON-like
+    template's opening quote (``"country": "``) a model writes the answer with no space, and a
+    tokenizer that encodes spaces (byte-level BPE, SentencePiece) gives ``" France"`` other tokens
+    than the model generated; the label is then the phrase as the model wrote it. The decoded
+    text cannot tell the two apart (a SentencePiece decoder drops the first token's space), so
+    the spaced form is kept unless only the bare one re-tokenizes, in context, into the generated
+    tokens. A label that matches in neither form keeps the spaced form (the instance does not
+    use it).
+
+    Args:
+        prompts: the prompts the outputs continue.
+        outputs: the decoded generations.
+        generated: the generated token ids, one list per prompt.
+
+    Returns:
+        ``(labels, keys)``: one label and one ``[<= n]`` token list per prompt (see
+        :func:`label_token_ids`).
+    """
+    labels = [extract_label(text) for text in outputs]
+    keys = label_token_ids(tokenizer, prompts, labels, n=n)
+    retry = [
+        i
+        for i, (label, key, gen) in enumerate(zip(labels, keys, generated, strict=True))
+        if label and (not key or gen[: len(key)] != key)
+    ]
+    if retry:
+        bare = [labels[i][1:] for i in retry]
+        bare_keys = label_token_ids(tokenizer, [prompts[i] for i in retry], bare, n=n)
+        for i, label, key in zip(retry, bare, bare_keys, strict=True):
+            if key and generated[i][: len(key)] == key:
+                labels[i], keys[i] = label, key
+    return labels, keys
 
 
 def label_token_ids(
