@@ -209,6 +209,11 @@ def _edit_config(folder: Path, **changes) -> None:
         ({"d_model": "32"}, "'d_model' must be an integer"),
         ({"k": 99}, "k=99 must be in 0..n_features=4"),
         ({"d_model": 64}, r"should be \[4, 64\]"),
+        ({"dtype": "float16"}, "dtype='float16': featurizers store and compute float32"),
+        ({"orientation": "columns"}, "orientation='columns': only 'rows'"),
+        ({"layer": -5}, "layer=-5 must be >= -1"),
+        ({"layer": 3, "n_layers": 2}, "layer=3 is not a block of a model with n_layers=2"),
+        ({"layer": 0, "site": "blocks.1.resid_post"}, "does not name layer 0"),
     ],
 )
 def test_bad_config_is_refused_naming_the_problem(changes, message, tmp_path):
@@ -216,6 +221,31 @@ def test_bad_config_is_refused_naming_the_problem(changes, message, tmp_path):
     _edit_config(out, **changes)
     with pytest.raises(DataFormatError, match=message):
         load_featurizer(out)
+
+
+@pytest.mark.parametrize(
+    "spec, changes, message",
+    [
+        ("noop", {"k": 5}, "the mask swaps 0 neurons but the config says k=5"),
+        ("full", {"method": "noop"}, "a 'noop' featurizer must swap 0 neurons; this mask swaps 32"),
+    ],
+)
+def test_mask_that_contradicts_its_config_is_refused(spec, changes, message, tmp_path):
+    """A control that is not what its config says (a "noop" that swaps neurons) never loads."""
+    out = save_featurizer(_featurizer(spec), tmp_path)
+    _edit_config(out, **changes)
+    with pytest.raises(DataFormatError, match=message) as info:
+        load_featurizer(out)
+    assert "model.safetensors" in str(info.value)
+
+
+def test_malformed_adapter_config_in_a_base_model_folder_names_the_file(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "adapter_config.json").write_text("{oops")
+    out = save_featurizer(_featurizer("random:4", base_model=str(base)), tmp_path / "feat")
+    with pytest.raises(DataFormatError, match=r"adapter_config.json: malformed JSON"):
+        load_intervenable(out, device="cpu")
 
 
 def test_missing_files_and_bad_sources(tmp_path, monkeypatch):

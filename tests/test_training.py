@@ -136,3 +136,14 @@ def test_example_without_label_tokens_is_refused(tiny_city):
     teacher_forced_batch(tokenizer, [good])  # a real example is fine
     with pytest.raises(DataFormatError, match=f"{empty.entity!r}.*no token after the prompt"):
         teacher_forced_batch(tokenizer, [good, empty])
+
+
+def test_trainable_rotation_is_seeded_and_leaves_the_global_rng_alone():
+    from ravel_bench.featurizers.rotation import TrainableRotation
+
+    state = torch.get_rng_state()
+    first = TrainableRotation(16, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(123)  # another global state gives the same directions
+    second = TrainableRotation(16, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(first.directions, second.directions)

@@ -510,6 +510,14 @@ def load_featurizer(repo_id_or_path: str | Path, *, revision: str | None = None)
     weights_path = _resolve_file(repo_id_or_path, WEIGHTS_FILE, revision)
     tensors = _read_tensors(weights_path, featurizer.state_dict())
     featurizer.load_state_dict(tensors, strict=True)
+    try:
+        featurizer.check_tensors()
+    except ConfigError as exc:
+        raise DataFormatError(
+            f"{weights_path}: {exc}",
+            hint="config.json and model.safetensors disagree: one was edited; re-save the "
+            "featurizer with ravel_bench.hub.save_featurizer",
+        ) from exc
     logger.info("featurizer %s loaded from %s", config.method, repo_id_or_path)
     return featurizer.eval()
 
@@ -671,7 +679,15 @@ def _adapter_config(model: str, revision: str | None) -> dict | None:
     folder = Path(model)
     if folder.is_dir():
         path = folder / ADAPTER_CONFIG_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataFormatError(
+                f"{path}: malformed JSON ({exc})",
+                hint="this folder looks like a PEFT adapter; repair or remove adapter_config.json",
+            ) from exc
     if not _HUB_ID.match(model):  # toy names and the like: not a repo to probe
         return None
     try:

@@ -273,7 +273,8 @@ def train_intervention(
     """Train one DAS/MDAS/DBM/MDBM featurizer for target ``attribute`` at ``layer``.
 
     Args:
-        model, tokenizer: the frozen instance model (its parameters are not updated).
+        model, tokenizer: the frozen instance model (its parameters are not updated; it is put
+            in eval mode).
         instance: the model's instance; its ``train`` pairs are the data.
         attribute: the target attribute A.
         layer: intervention site (``-1`` embeddings, else block index).
@@ -303,6 +304,7 @@ def train_intervention(
         )
     trainable = trainable.to(device)
     model.requires_grad_(False)
+    model.eval()  # frozen: no dropout in the passes the loss is computed on
     source = source_vectors(
         model,
         tokenizer,
@@ -352,7 +354,9 @@ def train_intervention(
             with parametrize.cached():  # materialize the orthogonal matrix once per step
 
                 def edit(base: torch.Tensor, src: torch.Tensor = src) -> torch.Tensor:
-                    return trainable.intervene(base.float(), src)
+                    # The trainable sits on the model's first device; with a device_map the
+                    # site's block may be on another one.
+                    return trainable.intervene(base.to(device).float(), src).to(base.device)
 
                 loss = _counterfactual_loss(
                     model,

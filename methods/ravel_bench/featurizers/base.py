@@ -87,6 +87,32 @@ class FeaturizerConfig:
             )
         if self.position != "entity_last":
             raise ConfigError(f"FeaturizerConfig.position={self.position!r}: only 'entity_last'")
+        if self.orientation != "rows":
+            raise ConfigError(f"FeaturizerConfig.orientation={self.orientation!r}: only 'rows'")
+        if self.dtype != "float32":
+            raise ConfigError(
+                f"FeaturizerConfig.dtype={self.dtype!r}: featurizers store and compute float32"
+            )
+        if self.layer < -1 or self.n_layers < 0:
+            raise ConfigError(
+                f"FeaturizerConfig.layer={self.layer} must be >= -1 (the embeddings) and "
+                f"n_layers={self.n_layers} >= 0 (0: unknown)"
+            )
+        if self.n_layers and self.layer >= self.n_layers:
+            raise ConfigError(
+                f"FeaturizerConfig.layer={self.layer} is not a block of a model with "
+                f"n_layers={self.n_layers}"
+            )
+        if self.site and self.site != _site_name(self.layer):
+            raise ConfigError(
+                f"FeaturizerConfig.site={self.site!r} does not name layer {self.layer} "
+                f"({_site_name(self.layer)!r})"
+            )
+
+
+def _site_name(layer: int) -> str:
+    # engine.blocks.site_name, without importing the engine into the featurizer interface.
+    return "blocks.0.resid_pre" if layer == -1 else f"blocks.{layer}.resid_post"
 
 
 class Featurizer(
@@ -123,6 +149,10 @@ class Featurizer(
     def unfeaturize(self, f: torch.Tensor) -> torch.Tensor:
         """Map features ``[batch, n_features]`` back to hidden vectors ``[batch, d_model]``."""
         raise NotImplementedError
+
+    def check_tensors(self) -> None:
+        """Raise :class:`ConfigError` if the loaded tensors contradict the config (called by
+        :func:`ravel_bench.hub.load_featurizer` after loading); the base class checks nothing."""
 
     def intervene(self, base: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """Swap the masked features of ``base`` for those of ``source``; ``[batch, d_model]``."""

@@ -54,6 +54,20 @@ class IdentityFeaturizer(Featurizer):
     def feature_mask(self) -> torch.Tensor:
         return self.mask
 
+    def check_tensors(self) -> None:
+        """The mask must swap ``k`` neurons: none for ``noop``, all for ``full``."""
+        swapped = int(self.mask.sum())
+        if swapped != self.config.k:
+            raise ConfigError(
+                f"the mask swaps {swapped} neurons but the config says k={self.config.k}"
+            )
+        expected = {"noop": 0, "full": self.config.d_model}.get(self.config.method)
+        if expected is not None and swapped != expected:
+            raise ConfigError(
+                f"a {self.config.method!r} featurizer must swap {expected} neurons; this mask "
+                f"swaps {swapped}"
+            )
+
     def featurize(self, h: torch.Tensor) -> torch.Tensor:
         return h
 

@@ -25,7 +25,8 @@ class TrainableRotation(nn.Module):
 
     def __init__(self, d_model: int, k: int, generator: torch.Generator) -> None:
         super().__init__()
-        self.proj = nn.Linear(d_model, k, bias=False)
+        with torch.random.fork_rng(devices=[]):  # its random init is overwritten just below
+            self.proj = nn.Linear(d_model, k, bias=False)
         with torch.no_grad():
             init = torch.randn(d_model, k, generator=generator, dtype=torch.float64)
             q, _ = torch.linalg.qr(init)  # [d_model, k]
