@@ -9,14 +9,17 @@ Overrides, per attribute (DESIGN.md section 3):
 
 - city: Latitude/Longitude correct within ±2 on the integer part, sign ignored; Country "United
   States"/"United Kingdom" compare without a leading "the"; "South Korea" accepts "korea";
-  Continent "North America" accepts "america"; Language "Mandarin" accepts "chinese", and a
-  comma-separated list of languages accepts any member; Timezone needs the whole IANA name (the
+  Continent "North America" accepts "america"; Language "Mandarin" (also "Mandarin Chinese")
+  accepts "chinese", and a comma-separated list of languages accepts any member; Timezone needs the whole IANA name (the
   output must start with it: "Asia" alone is not a timezone, though it prefixes "Asia/Tokyo").
-- nobel_prize_winner: Award Year and Birth Year need the exact 4-digit year (the first number in
-  the output); Country of Birth uses the city Country rules; Field "Medicine" also accepts
-  "physiology"; Gender "male" accepts he/him/his/man/male, "female" she/her/woman/female.
-- occupation and physical_object Category: a trailing "s" is ignored on both sides (plurals;
-  the release mixes "non-living thing" and "non-living things").
+- nobel_prize_winner: Award Year and Birth Year need the exact year: the output's first 4-digit
+  number of its own ("3 May 1918" states 1918; "19180" states no year); Country of Birth uses the city Country
+  rules; Field "Medicine" also accepts "physiology"; Gender "male" accepts he/him/his/man/male,
+  "female" she/her/woman/female. Laureates with two prizes have comma-separated Award Years
+  ("1980,1958") and Fields ("Physics,Chemistry"): any member is accepted.
+- occupation and physical_object Category: plurals are ignored on both sides ("-s", and "-ies"
+  for "-y": "factories" for "factory"; the release mixes "non-living thing" and "non-living
+  things").
 - physical_object Size: the release stores a unit (mm, cm, m, km) while templates ask for words;
   the unit itself or a size word mapped to it is accepted (mm: tiny, minuscule; cm: small,
   little, palm-sized; m: medium, large, big, tall; km: huge, enormous, gigantic, vast).
@@ -27,6 +30,7 @@ import re
 from collections.abc import Callable
 
 _NUMBER = re.compile(r"[-+−]?\d+")
+_YEAR = re.compile(r"(?<!\d)\d{4}(?!\d)")  # a 4-digit number of its own
 _SIZE_WORDS = {
     "mm": ("mm", "millimet", "tiny", "minuscule", "microscopic"),
     "cm": ("cm", "centimet", "small", "little", "palm", "hand"),
@@ -62,9 +66,14 @@ def _coordinate(output: str, truth: str) -> bool:
     return o is not None and t is not None and abs(abs(o) - abs(t)) <= 2
 
 
+def _members(truth: str) -> list[str]:
+    """The values of a comma-separated ground truth ("Physics,Chemistry"), or the value itself."""
+    return [m.strip() for m in truth.split(",") if m.strip()] or [truth]
+
+
 def _year(output: str, truth: str) -> bool:
-    match = re.search(r"\d{4}", output)
-    return bool(truth.strip()) and match is not None and match.group() == truth.strip()
+    match = _YEAR.search(output)  # the first year in the output ("3 May 1918": 1918)
+    return match is not None and match.group() in _members(truth)
 
 
 def _country(output: str, truth: str) -> bool:
@@ -86,7 +95,7 @@ def _language(output: str, truth: str) -> bool:
     for member in members:
         if prefix_match(output, member):
             return True
-        if normalize(member) == "mandarin" and normalize(output).startswith("chinese"):
+        if normalize(member).startswith("mandarin") and normalize(output).startswith("chinese"):
             return True
     return False
 
@@ -97,9 +106,12 @@ def _timezone(output: str, truth: str) -> bool:
 
 
 def _field(output: str, truth: str) -> bool:
-    if prefix_match(output, truth):
-        return True
-    return normalize(truth) == "medicine" and normalize(output).startswith("physiology")
+    for member in _members(truth):
+        if prefix_match(output, member):
+            return True
+        if normalize(member) == "medicine" and normalize(output).startswith("physiology"):
+            return True
+    return False
 
 
 def _gender(output: str, truth: str) -> bool:
@@ -112,8 +124,15 @@ def _plural_insensitive(output: str, truth: str) -> bool:
     o, t = normalize(output), normalize(truth)
     if not o or not t:
         return False
-    o, t = o.removesuffix("s"), t.removesuffix("s")
+    o, t = _singular(o), _singular(t)
     return o.startswith(t) or t.startswith(o)
+
+
+def _singular(word: str) -> str:
+    """``factories`` -> ``factory``, ``doctors`` -> ``doctor`` (normalized text)."""
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    return word.removesuffix("s")
 
 
 def _size(output: str, truth: str) -> bool:
