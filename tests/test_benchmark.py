@@ -120,3 +120,65 @@ def test_choose_layer_falls_back_to_the_best_block() -> None:
     assert "no block" in why and "0.600" in why
     with pytest.raises(ConfigError, match="one Cause per block"):
         benchmark.choose_layer({"entity": [0.9, 0.9], "context": [0.9]})
+
+
+def test_interrupted_writes_are_redone_not_reused(tiny_city, city, loaded, tmp_path):
+    """A unit whose eval file or featurizer was cut short by an interruption is redone."""
+    _, _, instance, _ = tiny_city
+    config = BenchmarkConfig(
+        methods=("das", "noop"), layer=0, k=4, train=TrainConfig(epochs=1, batch_size=4, lr=1e-2)
+    )
+    results = run_benchmark(loaded, instance, city, config, tmp_path, show_progress=False)
+    cut_eval = tmp_path / "evals" / "noop-Country.json"
+    cut_eval.write_text(cut_eval.read_text()[:20])
+    weights = tmp_path / "featurizers" / "das-Country" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    (tmp_path / "evals" / "das-Country.json").unlink()  # the save was cut before evaluation
+    again = run_benchmark(loaded, instance, city, config, tmp_path, show_progress=False)
+    assert again == results  # the same seed retrains the same featurizer
+    assert json.loads(cut_eval.read_text())["entity"] is not None
+    assert not list(tmp_path.rglob(".*.tmp-*"))  # no temporary files left behind
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"k": 0}, "BenchmarkConfig.k=0 must be >= 1"),
+        ({"batch_size": 0}, "BenchmarkConfig.batch_size=0 must be >= 1"),
+    ],
+)
+def test_bad_sizes_are_refused_before_any_work(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        BenchmarkConfig(**changes)
+
+
+def test_run_settings_are_checked_before_the_folder_is_claimed(
+    tiny_city, city, loaded, tmp_path, release_tgz
+):
+    from ravel_bench.data import load_release
+
+    _, _, instance, _ = tiny_city
+    too_wide = BenchmarkConfig(methods=("das",), layer=0, k=10_000)
+    with pytest.raises(ConfigError, match="k=10000 is larger than the model's d_model"):
+        run_benchmark(loaded, instance, city, too_wide, tmp_path / "a", show_progress=False)
+    occupation = load_release(release_tgz, ("occupation",)).types["occupation"]
+    config = BenchmarkConfig(methods=("noop",), layer=0, k=4)
+    with pytest.raises(ConfigError, match="release part is 'occupation' but the instance"):
+        run_benchmark(loaded, instance, occupation, config, tmp_path / "b", show_progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written
+
+
+def test_a_folder_that_is_not_a_benchmark_run_is_refused(tiny_city, city, loaded, tmp_path):
+    _, _, instance, _ = tiny_city
+    config = BenchmarkConfig(methods=("noop",), layer=0, k=4)
+    other = tmp_path / "evaluate-output"
+    other.mkdir()
+    (other / "results.json").write_text("{}")
+    with pytest.raises(ConfigError, match="is not empty \\(results.json\\) and holds no run.json"):
+        run_benchmark(loaded, instance, city, config, other, show_progress=False)
+    assert (other / "results.json").read_text() == "{}"
+    cut = tmp_path / "cut"
+    run_benchmark(loaded, instance, city, config, cut, show_progress=False)
+    (cut / "run.json").write_text('{"model_id": ')
+    with pytest.raises(ConfigError, match="run.json is unreadable"):
+        run_benchmark(loaded, instance, city, config, cut, show_progress=False)

@@ -173,3 +173,56 @@ def test_training_defaults_of_the_cli_are_the_library_defaults():
         defaults.batch_size,
         defaults.k,
     )
+
+
+@pytest.mark.parametrize(
+    "flags", [["--batch-size", "0"], ["--batch-size", "-1"], ["--batch-size", "many"]]
+)
+def test_sizes_below_one_are_usage_errors(saved, tmp_path, flags, capsys):
+    args = ["evaluate", "--instance", str(saved / "instance"), "--featurizer", "full"]
+    assert main([*args, "--output", str(tmp_path / "o"), *flags]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+    assert main(["benchmark", "--output", str(tmp_path / "b"), "--dim", "0"]) == 2
+    assert "argument --dim: 0 must be >= 1" in capsys.readouterr().err
+
+
+def test_output_that_is_a_file_is_refused_before_any_work(saved, tmp_path, capsys):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    args = ["evaluate", "--instance", str(saved / "instance"), "--featurizer", "full"]
+    assert main([*args, "--layer", "0", "--output", str(target)]) == 1
+    assert f"--output {target} is a file, not a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
+def test_damaged_instance_files_name_the_file(saved, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "instance"
+    shutil.copytree(saved / "instance", broken)
+    parquet = next(broken.glob("city_context/test-*.parquet"))
+    parquet.write_bytes(b"not parquet")
+    args = ["evaluate", "--instance", str(broken), "--featurizer", "full", "--layer", "0"]
+    assert main([*args, "--output", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert f"{parquet}: not a readable parquet file" in err and "Traceback" not in err
+    meta = json.loads((broken / "instance.json").read_text())
+    del meta["attributes"]
+    (broken / "instance.json").write_text(json.dumps(meta))
+    assert main([*args, "--output", str(tmp_path / "o")]) == 1
+    assert "instance.json: missing fields attributes" in capsys.readouterr().err
+
+
+def test_a_featurizer_evaluated_away_from_its_layer_is_flagged(saved, tiny_city, tmp_path, caplog):
+    from ravel_bench.featurizers import IdentityFeaturizer
+    from ravel_bench.hub import save_featurizer
+
+    model = tiny_city[0]
+    featurizer = IdentityFeaturizer.full(
+        model.config.hidden_size, layer=0, site="blocks.0.resid_post", n_layers=2
+    )
+    folder = save_featurizer(featurizer, tmp_path / "feat")
+    args = ["evaluate", "--instance", str(saved / "instance"), "--featurizer", str(folder)]
+    with caplog.at_level("WARNING", logger="ravel_bench"):
+        assert main([*args, "--layer", "1", "--output", str(tmp_path / "o")]) == 0
+    assert "was trained at blocks.0.resid_post and is evaluated at 1 too" in caplog.text

@@ -25,13 +25,14 @@ from tqdm.auto import tqdm
 from ravel_bench.activations import collect_attribute_activations
 from ravel_bench.data import EntityTypeRelease
 from ravel_bench.engine.blocks import hidden_size, site_name
-from ravel_bench.errors import ConfigError
+from ravel_bench.errors import ConfigError, DataFormatError
 from ravel_bench.evaluation import evaluate_featurizer
 from ravel_bench.featurizers.base import Featurizer
 from ravel_bench.featurizers.pca import train_pca
 from ravel_bench.featurizers.registry import parse_featurizer_spec
 from ravel_bench.featurizers.rlap import train_rlap
 from ravel_bench.featurizers.sae import train_sae
+from ravel_bench.files import write_text_atomic
 from ravel_bench.hub import load_featurizer, save_featurizer
 from ravel_bench.instance.build import RavelInstance
 from ravel_bench.models import LoadedModel
@@ -81,6 +82,9 @@ class BenchmarkConfig:
             raise ConfigError(f"unknown methods {unknown}; choose among {', '.join(ALL_METHODS)}")
         if self.max_features is not None and self.max_features < 1:
             raise ConfigError(f"max_features={self.max_features} must be >= 1 (or None: no budget)")
+        for name in ("k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"BenchmarkConfig.{name}={getattr(self, name)} must be >= 1")
 
 
 def choose_layer(full_swap_cause: dict[str, list[float]]) -> tuple[int, str]:
@@ -245,8 +249,16 @@ def _claim_run_folder(
     """
     run = run_record(loaded, instance, config)
     path = out / RUN_FILE
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file, not a folder", hint="pass a folder")
     if path.is_file():
-        held = held_run_record(out) or {}
+        held = held_run_record(out)
+        if held is None:
+            raise ConfigError(
+                f"{path} is unreadable (cut short or edited), so the results in {out} cannot be "
+                "matched to a run",
+                hint="pass another output folder, or delete this one",
+            )
         if held != run:
             differ = sorted(k for k in run.keys() | held.keys() if held.get(k) != run.get(k))
             raise ConfigError(
@@ -255,13 +267,15 @@ def _claim_run_folder(
                 hint="pass another output folder, or delete this one",
             )
         return
-    if out.is_dir() and any((out / sub).is_dir() for sub in ("evals", "featurizers")):
+    # A new run's folder may hold only the instance the CLI cached there (``instance/``).
+    foreign = sorted(p.name for p in out.iterdir() if p.name != "instance") if out.is_dir() else []
+    if foreign:
         raise ConfigError(
-            f"{out} holds benchmark results without {RUN_FILE}; cannot tell what run they are",
-            hint="pass another output folder, or delete this one",
+            f"{out} is not empty ({', '.join(foreign[:5])}) and holds no {RUN_FILE}: it is not a "
+            "benchmark folder to resume, and its files could be overwritten",
+            hint="pass a new or empty output folder",
         )
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(run, indent=1) + "\n")
 
 
 def run_benchmark(
@@ -285,23 +299,35 @@ def run_benchmark(
         on_done: called with ``(method, attribute)`` after each finished unit.
     """
     out = Path(out_dir)
+    d_model = hidden_size(loaded.model)
+    if config.k > d_model:
+        raise ConfigError(f"k={config.k} is larger than the model's d_model={d_model}")
+    entity_type = instance.metadata.get("entity_type")
+    if release.entity_type != entity_type:
+        raise ConfigError(
+            f"the release part is {release.entity_type!r} but the instance is of {entity_type!r}",
+            hint=f"pass --entity-type {entity_type}",
+        )
     _claim_run_folder(out, loaded, instance, config)
     (out / "featurizers").mkdir(parents=True, exist_ok=True)
     (out / "evals").mkdir(parents=True, exist_ok=True)
-    d_model = hidden_size(loaded.model)
     shared: dict = {}  # attribute-independent work (activations, PCA, SAE), done once
     units = [(m, a) for m in config.methods for a in instance.attributes]
     for method, attribute in tqdm(units, desc="benchmark", disable=not show_progress):
         eval_path = out / "evals" / f"{method}-{attribute}.json"
-        if eval_path.is_file():
+        if _readable_json(eval_path):
             logger.info("%s/%s already evaluated: reusing %s", method, attribute, eval_path)
             continue
         folder = out / "featurizers" / f"{method}-{attribute}"
+        featurizer = None
         if method in BASELINE_METHODS:
             featurizer = _baseline(method, d_model, config)
         elif (folder / "model.safetensors").is_file():
-            featurizer = load_featurizer(folder)
-        else:
+            try:
+                featurizer = load_featurizer(folder)
+            except DataFormatError as exc:  # e.g. a save cut short by an interruption
+                logger.warning("retraining %s for %s: %s", method, attribute, exc)
+        if featurizer is None:
             try:
                 featurizer = train_featurizer(
                     method, loaded, instance, release, attribute, config, show_progress, shared
@@ -309,7 +335,7 @@ def run_benchmark(
             except ConfigError as exc:  # e.g. no train pair queries this attribute
                 logger.warning("skipping %s for %s: %s", method, attribute, exc)
                 skipped = {setting: None for setting in SETTINGS} | {"skipped": str(exc)}
-                eval_path.write_text(json.dumps(skipped, indent=1) + "\n")
+                write_text_atomic(eval_path, json.dumps(skipped, indent=1) + "\n")
                 continue
             save_featurizer(featurizer, folder)  # saved before evaluation: resumable
         record = {}
@@ -334,7 +360,7 @@ def run_benchmark(
                 if record[setting]
             }
             save_featurizer(featurizer, folder, scores=scores, training=_recipe(method, config))
-        eval_path.write_text(json.dumps(record, indent=1) + "\n")
+        write_text_atomic(eval_path, json.dumps(record, indent=1) + "\n")
         if on_done is not None:
             on_done(method, attribute)
     results = aggregate(out, config.methods, instance.attributes)
@@ -347,10 +373,18 @@ def run_benchmark(
         "split": config.split,
         "seed": config.seed,
     }
-    (out / "results.json").write_text(json.dumps({**results, "_meta": meta}, indent=1) + "\n")
-    (out / "leaderboard.md").write_text(leaderboard_markdown(results, meta))
+    write_text_atomic(out / "results.json", json.dumps({**results, "_meta": meta}, indent=1) + "\n")
+    write_text_atomic(out / "leaderboard.md", leaderboard_markdown(results, meta))
     plot_cause_vs_isolate(results, out / "cause_vs_isolate.png")
     return results
+
+
+def _readable_json(path: Path) -> bool:
+    """Whether ``path`` holds a whole JSON object (a file cut short by an interruption does not)."""
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def _mean(values: list[float | None]) -> float | None:

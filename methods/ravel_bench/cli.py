@@ -34,6 +34,25 @@ def _cmd_dataset_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a usage error names the flag otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _output_folder(path: str) -> Path:
+    """``--output`` as a folder; refused before any work when it names an existing file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file, not a folder", hint="pass a folder")
+    return out
+
+
 def _out(line: str) -> None:
     sys.stdout.write(line + "\n")
 
@@ -143,6 +162,16 @@ def run_evaluation(
 
         featurizer = load_featurizer(featurizer_spec)
         check_compatible(featurizer, loaded.model, name=featurizer_spec)
+        trained_at = featurizer.config.layer
+        other = [layer_name(layer) for layer in layers if layer != trained_at]
+        if featurizer.config.site and other:
+            logger.warning(
+                "%s was trained at %s and is evaluated at %s too: its features were found there, "
+                "not at the other layers",
+                featurizer_spec,
+                featurizer.config.site,
+                ", ".join(other),
+            )
     return {
         layer_name(layer): evaluate_featurizer(
             loaded.model,
@@ -165,6 +194,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ravel_bench.instance.repo import load_instance
     from ravel_bench.report import results_table, save_json, save_predictions
 
+    out = _output_folder(args.output)
     instance = load_instance(args.instance)
     instance_model = instance.metadata["model_id"]
     model_name = args.model or instance_model
@@ -186,7 +216,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.seed,
         not args.quiet,
     )
-    out = Path(args.output)
     if len(results) == 1:
         (result,) = results.values()
         save_json(result.to_json(), out / "results.json")
@@ -334,7 +363,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ravel_bench.data import load_release
     from ravel_bench.engine.blocks import decoder_blocks, parse_layer
 
-    out = Path(args.output)
+    out = _output_folder(args.output)
     loaded = _load_model(args)
     instance = _instance_for(args, loaded, out)
     if args.attribute not in instance.attributes:
@@ -361,7 +390,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from ravel_bench.data import load_release
     from ravel_bench.engine.blocks import decoder_blocks, parse_layer
 
-    out = Path(args.output)
+    out = _output_folder(args.output)
     loaded = _load_model(args)
     instance = _instance_for(args, loaded, out)
     n_layers = len(decoder_blocks(loaded.model))
@@ -385,12 +414,14 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 def _add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entity-type", default="city", help="entity type (default: city)")
     parser.add_argument("--instance", default=None, help="instance folder (default: build one)")
-    parser.add_argument("--dim", type=int, default=8, help="k: subspace size (default 8)")
+    parser.add_argument("--dim", type=_positive_int, default=8, help="k: subspace size (default 8)")
     parser.add_argument(
         "--lr", type=float, default=3e-3, help="learning rate (DAS/DBM family; default 3e-3)"
     )
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
-    parser.add_argument("--train-batch-size", type=int, default=16, help="training batch size")
+    parser.add_argument(
+        "--train-batch-size", type=_positive_int, default=16, help="training batch size"
+    )
     parser.add_argument(
         "--max-features",
         type=int,
@@ -510,7 +541,9 @@ def _add_model(parser: argparse.ArgumentParser, default: str | None) -> None:
     parser.add_argument("--revision", default=None, help="Hub revision of --model")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass")
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="prompts per forward pass"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ravel_bench.evaluation import EvalResult
+from ravel_bench.files import write_text_atomic
 
 
 def _fmt(value: float | None) -> str:
@@ -45,5 +46,4 @@ def save_predictions(result: EvalResult, path: Path) -> None:
 
 def save_json(obj: object, path: Path) -> None:
     """Write ``obj`` as indented JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

@@ -127,14 +127,28 @@ def load_instance(folder: str | Path) -> RavelInstance:
         )
     try:
         metadata = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataFormatError(f"{meta_path}: malformed JSON ({exc})") from exc
+    if not isinstance(metadata, dict):
+        raise DataFormatError(f"{meta_path}: expected a JSON object")
+    missing = [k for k in ("entity_type", "attributes") if k not in metadata]
+    if missing:
+        raise DataFormatError(
+            f"{meta_path}: missing fields {', '.join(missing)}",
+            hint="rebuild the instance with `ravel-bench instance --out DIR`",
+        )
     pairs = {}
     for key, rel in _config_files(metadata["entity_type"]).items():
         path = folder / rel
         if not path.is_file():
             raise DataFormatError(f"{folder}: missing {rel}")
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataFormatError(
+                f"{path}: not a readable parquet file ({exc})",
+                hint="the file is damaged; rebuild the instance or download it again",
+            ) from exc
         missing = [f for f in PAIR_FIELDS if f not in table.column_names]
         if missing:
             raise DataFormatError(f"{path}: missing columns {missing}")
