@@ -250,7 +250,7 @@ def _claim_run_folder(
     run = run_record(loaded, instance, config)
     path = out / RUN_FILE
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {out} is a file, not a folder", hint="pass a folder")
+        raise ConfigError(f"{out} is a file, not a folder", hint="pass a folder")
     if path.is_file():
         held = held_run_record(out)
         if held is None:

@@ -27,6 +27,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from ravel_bench import __version__
+from ravel_bench.engine.blocks import site_name
 from ravel_bench.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -103,16 +104,11 @@ class FeaturizerConfig:
                 f"FeaturizerConfig.layer={self.layer} is not a block of a model with "
                 f"n_layers={self.n_layers}"
             )
-        if self.site and self.site != _site_name(self.layer):
+        if self.site and self.site != site_name(self.layer):
             raise ConfigError(
                 f"FeaturizerConfig.site={self.site!r} does not name layer {self.layer} "
-                f"({_site_name(self.layer)!r})"
+                f"({site_name(self.layer)!r})"
             )
-
-
-def _site_name(layer: int) -> str:
-    # engine.blocks.site_name, without importing the engine into the featurizer interface.
-    return "blocks.0.resid_pre" if layer == -1 else f"blocks.{layer}.resid_post"
 
 
 class Featurizer(
