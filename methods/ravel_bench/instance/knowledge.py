@@ -10,13 +10,15 @@ Overrides, per attribute (DESIGN.md section 3):
 - city: Latitude/Longitude correct within ±2 on the integer part, sign ignored; Country "United
   States"/"United Kingdom" compare without a leading "the"; "South Korea" accepts "korea";
   Continent "North America" accepts "america"; Language "Mandarin" (also "Mandarin Chinese")
-  accepts "chinese", and a comma-separated list of languages accepts any member; Timezone needs the whole IANA name (the
-  output must start with it: "Asia" alone is not a timezone, though it prefixes "Asia/Tokyo").
+  accepts "chinese", and a comma-separated list of languages accepts any member; Timezone needs
+  the whole IANA name (the output must start with it: "Asia" alone is not a timezone, though it
+  prefixes "Asia/Tokyo").
 - nobel_prize_winner: Award Year and Birth Year need the exact year: the output's first 4-digit
-  number of its own ("3 May 1918" states 1918; "19180" states no year); Country of Birth uses the city Country
-  rules; Field "Medicine" also accepts "physiology"; Gender "male" accepts he/him/his/man/male,
-  "female" she/her/woman/female. Laureates with two prizes have comma-separated Award Years
-  ("1980,1958") and Fields ("Physics,Chemistry"): any member is accepted.
+  number of its own ("3 May 1918" states 1918; "19180" states no year); Country of Birth uses
+  the city Country rules; Field "Medicine" also accepts "physiology"; Gender "male" accepts
+  he/him/his/man/male, "female" she/her/woman/female. Laureates with two prizes have
+  comma-separated Award Years ("1980,1958") and Fields ("Physics,Chemistry"): any member is
+  accepted.
 - occupation and physical_object Category: plurals are ignored on both sides ("-s", and "-ies"
   for "-y": "factories" for "factory"; the release mixes "non-living thing" and "non-living
   things").
@@ -91,8 +93,7 @@ def _continent(output: str, truth: str) -> bool:
 
 
 def _language(output: str, truth: str) -> bool:
-    members = [m for m in truth.split(",") if m.strip()] or [truth]
-    for member in members:
+    for member in _members(truth):
         if prefix_match(output, member):
             return True
         if normalize(member).startswith("mandarin") and normalize(output).startswith("chinese"):
