@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 INTERVENTION_METHODS = ("das", "mdas", "dbm", "mdbm")
 MULTITASK = {"mdas", "mdbm"}
 LABEL_TOKENS = 3
+IGNORE_INDEX = -100  # cross-entropy target of positions that are no label token
 
 
 @dataclass(frozen=True)
@@ -219,11 +220,18 @@ def _counterfactual_loss(
 ) -> torch.Tensor:
     """Mean cross entropy of the label tokens after the intervened prompt.
 
+    ``batch``, ``positions``, ``label_mask`` and ``starts`` are host (CPU) tensors, as
+    :func:`teacher_forced_batch` returns them: everything that needs their values (the prefix
+    cut, the logits to keep) is decided on the host, and they are queued to the model's device
+    without waiting for it, so a training step has no host-device synchronization before its
+    loss is read.
+
     With ``starts`` (each row's entity's first token) and a ``table`` of prefixes run once for
     the whole training, rows whose prefix is in the table run only from the entity on, on top of
     the cached prefix (only that part is differentiated; :mod:`ravel_bench.engine.prefix`); the
     other rows run whole. The loss is the same.
     """
+    device = model_device(model)
     cache = None
     split = (
         split_before(batch, starts, known=table)
@@ -232,19 +240,23 @@ def _counterfactual_loss(
     )
     if split is not None:
         cache, prefix_mask = table.select(split.keys)
-        inputs = rest_inputs(split.rest, prefix_mask)
-        positions = positions.to(prefix_mask.device) - split.shift
+        inputs = rest_inputs(batch_to_device(split.rest, device), prefix_mask)
+        positions = positions - split.shift
         label_mask = label_mask[:, split.shift :]
     else:
-        inputs = {
-            **batch,
-            "position_ids": position_ids_from_mask(batch["attention_mask"]),
-        }
+        inputs = batch_to_device(
+            {**batch, "position_ids": position_ids_from_mask(batch["attention_mask"])}, device
+        )
     # Targets are suffixes of left-padded rows: only the last `keep` positions need logits.
-    first_label = label_mask.float().argmax(dim=1).min()  # earliest target token in the batch
-    keep = min(int(label_mask.shape[1] - first_label) + 1, label_mask.shape[1])
+    first_label = int(label_mask.float().argmax(dim=1).min())  # earliest target token (host)
+    keep = min(label_mask.shape[1] - first_label + 1, label_mask.shape[1])
+    # Positions that are no target are ignored by the loss (no boolean indexing: it would make
+    # the host wait for the device to count the selected rows).
+    targets = inputs["input_ids"][:, -keep + 1 :].masked_fill(
+        ~to_device(label_mask[:, -keep + 1 :], device), IGNORE_INDEX
+    )  # [batch, keep - 1]
     cache_kw, extra = forward_kwargs(model)
-    with patch_first_pass(model, layer, positions, edit):
+    with patch_first_pass(model, layer, to_device(positions, device), edit):
         out = model(
             **inputs,
             use_cache=cache is not None,
@@ -252,9 +264,9 @@ def _counterfactual_loss(
             **({"logits_to_keep": keep} if extra else {}),
         )
     logits = out.logits[:, -keep:-1]  # [batch, keep - 1, vocab]: predictions of the last keep - 1
-    targets = inputs["input_ids"][:, -keep + 1 :]  # [batch, keep - 1]
-    mask = label_mask[:, -keep + 1 :]  # [batch, keep - 1]
-    return nn.functional.cross_entropy(logits[mask].float(), targets[mask])
+    return nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+    )
 
 
 def train_intervention(
@@ -347,7 +359,6 @@ def train_intervention(
             batch, positions, label_mask, starts = teacher_forced_batch(
                 tokenizer, [examples[i] for i in rows.tolist()], return_starts=True
             )
-            batch = batch_to_device(batch, device)
             src = source[to_device(rows, device)]  # [batch, d_model]
             if isinstance(trainable, TrainableMask):
                 trainable.set_progress(step / max(total - 1, 1))
@@ -362,7 +373,7 @@ def train_intervention(
                     model,
                     batch,
                     positions,
-                    to_device(label_mask, device),
+                    label_mask,
                     layer,
                     edit,
                     starts,

@@ -166,3 +166,34 @@ def test_counterfactual_loss_and_gradient_are_the_same_with_a_cached_prefix():
         loss, grad = loss_and_grad(starts=starts, table=table)
         torch.testing.assert_close(loss, full_loss, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(grad, full_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_counterfactual_loss_reads_no_value_of_a_device_tensor(monkeypatch):
+    """A training step queues its work without waiting for the device: the prefix cut, the
+    logits to keep and the label positions are decided from the host tensors. On the meta
+    device any read of a value (``.tolist()``, ``.item()``, boolean indexing) raises. The only
+    read left in the pass is transformers' own check of the padding mask, patched out here."""
+    import transformers.masking_utils
+
+    monkeypatch.setattr(
+        transformers.masking_utils, "_ignore_causal_mask_sdpa", lambda *args, **kwargs: False
+    )
+    model = tiny_model("llama", n_layers=3).requires_grad_(False).to("meta")
+    examples = [
+        Example(t, e, t, "Oslo", " France", "cause")
+        for t, e in zip(TEMPLATES, ENTITIES, strict=True)
+    ]
+    batch, positions, label_mask, starts = teacher_forced_batch(
+        word_tokenizer(), examples, return_starts=True
+    )
+    table = build_prefix_table(model, split_before(batch, starts).keys, max_rows=4, min_count=1)
+    direction = torch.zeros(2, 32, device="meta", requires_grad=True)
+    source = torch.zeros(len(examples), 32, device="meta")
+
+    def edit(base):
+        return base + ((source - base) @ direction.T) @ direction
+
+    for kwargs in ({}, {"starts": starts, "table": table}):
+        loss = _counterfactual_loss(model, batch, positions, label_mask, 1, edit, **kwargs)
+        loss.backward()
+        assert loss.device.type == "meta" and loss.shape == ()
