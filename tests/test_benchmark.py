@@ -49,6 +49,15 @@ def test_benchmark_writes_leaderboard_and_resumes(tiny_city, city, loaded, tmp_p
         "noop",
         "random",
     }  # a run can be extended with methods
+    fewer = replace(config, methods=("noop",))
+    kept = run_benchmark(loaded, instance, city, fewer, tmp_path, show_progress=False)
+    assert list(kept) == ["noop", "das", "full", "random"]  # finished ones stay listed
+    assert kept["das"] == results["das"]
+    assert "| das |" in (tmp_path / "leaderboard.md").read_text()
+    (tmp_path / "evals" / "random-Country.json").unlink()  # no longer finished for every attribute
+    assert "random" not in run_benchmark(
+        loaded, instance, city, fewer, tmp_path, show_progress=False
+    )
 
     other = replace(config, k=8)  # would reuse das-Country trained with k=4
     with pytest.raises(ConfigError, match="run with other settings \\(benchmark differ\\)"):

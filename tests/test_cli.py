@@ -226,3 +226,24 @@ def test_a_featurizer_evaluated_away_from_its_layer_is_flagged(saved, tiny_city,
     with caplog.at_level("WARNING", logger="ravel_bench"):
         assert main([*args, "--layer", "1", "--output", str(tmp_path / "o")]) == 0
     assert "was trained at blocks.0.resid_post and is evaluated at 1 too" in caplog.text
+
+
+def test_evaluate_into_a_used_folder_removes_the_predictions_it_replaces(saved, tmp_path):
+    out = tmp_path / "reused"
+    common = ["-q", "evaluate", "--instance", str(saved / "instance"), "--featurizer", "full"]
+    assert main([*common, "--layer", "all", "--output", str(out)]) == 0
+    sweep = {p.name for p in out.glob("predictions*.parquet")}
+    assert sweep == {f"predictions_layer_{k}.parquet" for k in ("embeddings", "0", "1")}
+    (out / "notes.txt").write_text("mine")
+    assert main([*common, "--layer", "1", "--output", str(out)]) == 0
+    assert {p.name for p in out.glob("predictions*.parquet")} == {"predictions.parquet"}
+    assert (
+        json.loads((out / "results.json").read_text())["eval_config"]["site"]
+        == "blocks.1.resid_post"
+    )
+    assert main([*common, "--layer", "0,1", "--output", str(out)]) == 0
+    assert {p.name for p in out.glob("predictions*.parquet")} == {
+        "predictions_layer_0.parquet",
+        "predictions_layer_1.parquet",
+    }
+    assert (out / "notes.txt").read_text() == "mine"  # files of other tools are left alone

@@ -16,7 +16,7 @@ featurizer for every attribute.
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -363,7 +363,12 @@ def run_benchmark(
         write_text_atomic(eval_path, json.dumps(record, indent=1) + "\n")
         if on_done is not None:
             on_done(method, attribute)
-    results = aggregate(out, config.methods, instance.attributes)
+    earlier = finished_methods(out, instance.attributes, exclude=config.methods)
+    if earlier:
+        logger.info(
+            "the leaderboard also lists %s, finished in %s earlier", ", ".join(earlier), out
+        )
+    results = aggregate(out, config.methods + earlier, instance.attributes)
     meta = {
         "model_id": loaded.model_id,
         "entity_type": instance.metadata.get("entity_type"),
@@ -390,6 +395,19 @@ def _readable_json(path: Path) -> bool:
 def _mean(values: list[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return math.fsum(kept) / len(kept) if kept else None
+
+
+def finished_methods(
+    out: Path, attributes: list[str], *, exclude: Container[str] = ()
+) -> tuple[str, ...]:
+    """Methods (in :data:`ALL_METHODS` order) evaluated for every attribute in ``out``: a rerun
+    with fewer ``--methods`` keeps the others on its leaderboard."""
+    return tuple(
+        m
+        for m in ALL_METHODS
+        if m not in exclude
+        and all(_readable_json(out / "evals" / f"{m}-{a}.json") for a in attributes)
+    )
 
 
 def aggregate(out: Path, methods: tuple[str, ...], attributes: list[str]) -> dict:

@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from pathlib import Path
 
 from ravel_bench import __version__
@@ -189,6 +189,17 @@ def run_evaluation(
     }
 
 
+def _remove_stale_predictions(out: Path, written: Container[Path]) -> None:
+    """Delete the predictions an earlier ``evaluate`` into ``out`` wrote and this one did not
+    (another layer or layer set): they would sit beside a ``results.json`` they do not match."""
+    for path in sorted(out.glob("predictions*.parquet")):
+        if path not in written and (
+            path.name == "predictions.parquet" or path.name.startswith("predictions_layer_")
+        ):
+            path.unlink()
+            logger.info("removed %s, left by an earlier evaluation into %s", path.name, out)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ravel_bench.engine.blocks import decoder_blocks, parse_layers
     from ravel_bench.instance.repo import load_instance
@@ -219,11 +230,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if len(results) == 1:
         (result,) = results.values()
         save_json(result.to_json(), out / "results.json")
-        save_predictions(result, out / "predictions.parquet")
+        written = {out / "predictions.parquet": result}
     else:
         save_json({"layers": {k: r.to_json() for k, r in results.items()}}, out / "results.json")
-        for key, result in results.items():
-            save_predictions(result, out / f"predictions_layer_{key}.parquet")
+        written = {out / f"predictions_layer_{k}.parquet": r for k, r in results.items()}
+    for path, result in written.items():
+        save_predictions(result, path)
+    _remove_stale_predictions(out, written)
     _out(f"{args.featurizer} on {instance.metadata['entity_type']} {args.setting}/{args.split}:")
     _out(results_table(results, key_header="layer"))
     _out(f"results written to {out / 'results.json'}")
