@@ -147,3 +147,16 @@ def test_trainable_rotation_is_seeded_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)  # another global state gives the same directions
     second = TrainableRotation(16, 4, torch.Generator().manual_seed(0))
     assert torch.equal(first.directions, second.directions)
+
+
+@pytest.mark.parametrize("kind", ["rotation", "mask"])
+def test_the_regularization_term_is_made_on_the_trainables_device(kind):
+    """Adding it to the loss then copies nothing from the host (on a GPU such a copy waits)."""
+    from ravel_bench.featurizers.rotation import TrainableRotation
+
+    trainable = (
+        TrainableRotation(16, 4, torch.Generator().manual_seed(0))
+        if kind == "rotation"
+        else TrainableMask(16)
+    ).to("meta")
+    assert trainable.regularization().device.type == "meta"

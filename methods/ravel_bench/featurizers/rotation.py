@@ -49,8 +49,9 @@ class TrainableRotation(nn.Module):
         return base + ((source - base) @ r.T) @ r
 
     def regularization(self) -> torch.Tensor:
-        """No extra loss term."""
-        return torch.zeros(())
+        """No extra loss term: a zero on the directions' device (one made on the CPU would be
+        copied to the GPU every step, and a plain copy waits for the GPU)."""
+        return next(self.parameters()).new_zeros(())
 
     def export(self, method: str, **config) -> RotationFeaturizer:
         """The trained featurizer with the materialized ``[k, d_model]`` matrix."""
