@@ -61,7 +61,9 @@ class TrainConfig:
         max_cause_examples: cap on cause examples of the target (reference 20000).
         isolate_ratio: isolate examples per other attribute, relative to the number of cause
             examples (reference 5000 / 20000 = 0.25); multi-task methods only.
-        l1_coefficient: weight of the mask's L1 penalty (DBM, MDBM).
+        l1_coefficient: weight of the mask's L1 penalty (DBM, MDBM), on the *mean* mask value.
+            The reference's term is ``coefficient * sum(mask)`` (the L1 norm): its
+            coefficient c is ``c * d_model`` here.
         max_features: keep at most this many neurons in the evaluated mask (DBM, MDBM), those
             with the largest logits; ``None`` (the default): every neuron the mask keeps.
         temperature_start, temperature_end: mask temperature schedule (DBM, MDBM).

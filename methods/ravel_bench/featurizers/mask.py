@@ -56,7 +56,8 @@ class TrainableMask(nn.Module):
         return base + self.soft_mask() * (source - base)
 
     def regularization(self) -> torch.Tensor:
-        """L1 penalty: ``l1_coefficient * mean(mask)``."""
+        """L1 penalty: ``l1_coefficient * mean(mask)`` (the reference uses the sum, so its
+        coefficient ``c`` is ``c * d_model`` here)."""
         return self.l1_coefficient * self.soft_mask().mean()
 
     def hard_mask(self) -> torch.Tensor:
