@@ -197,3 +197,32 @@ def test_counterfactual_loss_reads_no_value_of_a_device_tensor(monkeypatch):
         loss = _counterfactual_loss(model, batch, positions, label_mask, 1, edit, **kwargs)
         loss.backward()
         assert loss.device.type == "meta" and loss.shape == ()
+
+
+def test_source_vectors_and_generation_read_no_value_of_a_device_tensor(monkeypatch):
+    """The eval loop queues its batches without waiting for the device (see the training
+    test above): on the meta device any read of a value raises."""
+    import transformers.masking_utils
+
+    monkeypatch.setattr(
+        transformers.masking_utils, "_ignore_causal_mask_sdpa", lambda *args, **kwargs: False
+    )
+    model = tiny_model("llama", n_layers=3).requires_grad_(False).to("meta")
+    tokenizer = word_tokenizer()
+    source = source_vectors(
+        model, tokenizer, MIXED_TEMPLATES, MIXED_ENTITIES, 1, batch_size=4, show_progress=False
+    )
+    assert source.device.type == "meta" and source.shape == (12, 32)
+    tokens = intervened_generate(
+        model,
+        tokenizer,
+        MIXED_TEMPLATES,
+        MIXED_ENTITIES[::-1],
+        1,
+        lambda base, src: base + 0.5 * (src - base),
+        source,
+        batch_size=4,
+        show_progress=False,
+        keep_on_device=True,
+    )
+    assert tokens.device.type == "meta" and tokens.shape == (12, 3)

@@ -141,6 +141,7 @@ def intervened_generate(
     max_new_tokens: int = 3,
     batch_size: int = 64,
     show_progress: bool = True,
+    keep_on_device: bool = False,
 ) -> torch.Tensor:
     """Generate greedily from base prompts whose entity vector is edited on the prompt pass.
 
@@ -151,9 +152,12 @@ def intervened_generate(
             usually ``featurizer.intervene``; ``None`` generates without any edit.
         source: ``[rows, d_model]`` source vectors aligned with the base rows.
         max_new_tokens: greedy tokens to generate (3 in the RAVEL protocol).
+        keep_on_device: return the tokens on the model's device. The loop reads no value of a
+            device tensor, so on a GPU the host queues batch after batch; the copy to the CPU
+            (the default) is the one place it waits.
 
     Returns:
-        ``[rows, max_new_tokens]`` generated token ids, on the CPU.
+        ``[rows, max_new_tokens]`` generated token ids, on the CPU (or the model's device).
     """
     encoded = encode_rows(tokenizer, base_templates, base_entities)
     prefixes = [tuple(ids[:f]) for ids, f in zip(encoded.ids, encoded.first, strict=True)]
@@ -202,4 +206,4 @@ def intervened_generate(
             with patch_first_pass(model, layer, last, edit):
                 generated = greedy_generate(model, batch, max_new_tokens, cache=cache)
         out[index] = generated
-    return out.cpu()
+    return out if keep_on_device else out.cpu()
