@@ -16,12 +16,14 @@ The fraction of the GPU's matmul peak is the FLOPs one eval pass performs (count
 median time, over the rate of a large bf16 matrix product measured in the same run.
 """
 
+import contextlib
 import copy
 import gc
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,8 +66,8 @@ class GpuRun:
         batch_size: pairs per batch, both sides.
         repeats: interleaved timed repetitions per side (after one warm-up each).
         count_flops: count the FLOPs of one pass per side and report the fraction of peak.
-        attention_ab: also time ravel-bench with cuDNN's attention backend off (the change in
-            ``experiments/gpu_cudnn_attention_off.patch``), interleaved with the two sides.
+        attention_ab: also time ravel-bench under each of :data:`ABLATIONS` (changes not in
+            the engine yet), interleaved with the two sides.
     """
 
     shape: str
@@ -87,6 +89,40 @@ QUICK_RUNS = (
     GpuRun("toy", "float32", pairs=128, repeats=2),
 )
 K = 16
+
+
+@contextlib.contextmanager
+def _no_cudnn_attention() -> Iterator[None]:
+    """Every attention backend but cuDNN's (``experiments/gpu_cudnn_attention_off.patch``)."""
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        yield
+
+
+@contextlib.contextmanager
+def _no_mask_skip_check() -> Iterator[None]:
+    """transformers always builds the explicit attention mask: its check whether the mask can be
+    skipped (``_ignore_causal_mask_sdpa``, which reads the padding mask on the device and so
+    makes the host wait, on every decoding step) is answered "no" without looking. The outputs
+    differ from the default only in batches without any padding. This bounds what passing
+    ready-made masks would gain (``experiments/README.md``)."""
+    import transformers.masking_utils as masking_utils
+
+    original = getattr(masking_utils, "_ignore_causal_mask_sdpa", None)
+    if original is None:  # another transformers version: nothing to switch off
+        yield
+        return
+    masking_utils._ignore_causal_mask_sdpa = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        masking_utils._ignore_causal_mask_sdpa = original
+
+
+# ravel-bench run under each of these, interleaved with the two sides: {name: (label, context)}.
+ABLATIONS: dict[str, tuple[str, Callable[[], contextlib.AbstractContextManager]]] = {
+    "ravel_no_cudnn": ("cuDNN's attention backend off", _no_cudnn_attention),
+    "ravel_no_mask_check": ("no mask-skip check (no wait per decoding step)", _no_mask_skip_check),
+}
 
 
 def _shape(key: str) -> ModelShape:
@@ -147,8 +183,9 @@ def eval_run(workload: Workload, run: GpuRun, device: torch.device) -> dict:
     featurizer = random_subspace(shape.d_model, K, seed=0).to(device)
     intervenable = sides.pyvene_intervenable(model, shape.layer, K)
     sides.load_directions(intervenable, featurizer.directions.cpu())
-    outputs: dict[str, list[torch.Tensor]] = {"ravel": [], "pyvene": [], "ravel_no_cudnn": []}
-    peak: dict[str, int] = {"ravel": 0, "pyvene": 0, "ravel_no_cudnn": 0}
+    sides_run = ["ravel", "pyvene", *(ABLATIONS if run.attention_ab else ())]
+    outputs: dict[str, list[torch.Tensor]] = {side: [] for side in sides_run}
+    peak: dict[str, int] = dict.fromkeys(sides_run, 0)
 
     def measured(side: str, fn) -> None:
         _reset_peak_memory(device)
@@ -170,19 +207,21 @@ def eval_run(workload: Workload, run: GpuRun, device: torch.device) -> dict:
             lambda: sides.pyvene_eval(intervenable, workload.tokenizer, pairs, run.batch_size),
         )
 
-    def ravel_no_cudnn() -> None:
-        backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-        with sdpa_kernel(backends):
-            measured(
-                "ravel_no_cudnn",
-                lambda: sides.ravel_eval(
-                    model, workload.tokenizer, pairs, shape.layer, featurizer, run.batch_size
-                ),
-            )
+    def ablated(name: str) -> Callable[[], None]:
+        def contender() -> None:
+            with ABLATIONS[name][1]():
+                measured(
+                    name,
+                    lambda: sides.ravel_eval(
+                        model, workload.tokenizer, pairs, shape.layer, featurizer, run.batch_size
+                    ),
+                )
+
+        return contender
 
     contenders = {"ravel": ravel, "pyvene": pyvene}
     if run.attention_ab:
-        contenders["ravel_no_cudnn"] = ravel_no_cudnn
+        contenders.update({name: ablated(name) for name in ABLATIONS})
     for warm_up in contenders.values():
         warm_up()  # kernel selection, allocator; these outputs are the ones compared below
     times = interleaved_times(contenders, run.repeats)
@@ -213,11 +252,12 @@ def eval_run(workload: Workload, run: GpuRun, device: torch.device) -> dict:
     }
     row["speedup"] = row["ravel_pairs_per_s"] / row["pyvene_pairs_per_s"]
     row["agreement"] = row["identical"] / row["pairs"]
-    if run.attention_ab:
-        row["ravel_no_cudnn_pairs_per_s"] = len(pairs) / median(times["ravel_no_cudnn"])
-        row["ravel_no_cudnn_seconds"] = times["ravel_no_cudnn"]
-        row["ravel_no_cudnn_vs_ravel_identical"] = float(
-            (outputs["ravel_no_cudnn"][0] == ours).all(dim=1).float().mean()
+    for name in ABLATIONS if run.attention_ab else ():
+        row[f"{name}_pairs_per_s"] = len(pairs) / median(times[name])
+        row[f"{name}_seconds"] = times[name]
+        row[f"{name}_peak_bytes"] = peak[name]
+        row[f"{name}_vs_ravel_identical"] = float(
+            (outputs[name][0] == ours).all(dim=1).float().mean()
         )
     if dtype != torch.float32 and _fits_in_float32(model, device):
         # How far each side's generations are from the same weights run in float32 (bf16 values
@@ -323,24 +363,31 @@ def render(results: dict) -> str:
                     f"{r[f'{side}_flop_per_s'] / 1e12:,.0f} | "
                     f"{100 * r[f'{side}_flop_per_s'] / peak:.1f}% |"
                 )
-    ablated = [r for r in results["eval"] if "ravel_no_cudnn_pairs_per_s" in r]
+    ablated = [
+        (r, name, label)
+        for r in results["eval"]
+        for name, (label, _) in ABLATIONS.items()
+        if f"{name}_pairs_per_s" in r
+    ]
     if ablated:
         lines += _section(
-            "ravel-bench with cuDNN's attention backend off (interleaved with the above)",
+            "ravel-bench with changes not in the engine yet (interleaved with the above)",
             [
                 "model",
-                "ravel-bench pairs/s",
-                "with cuDNN attention off",
                 "change",
+                "ravel-bench pairs/s",
+                "with the change",
+                "speed",
                 "identical generations",
             ],
+            text_columns=2,
         )
-        for r in ablated:
+        for r, name, label in ablated:
             lines.append(
-                f"| {r['model']} ({r['dtype']}) | {r['ravel_pairs_per_s']:,.0f} | "
-                f"{r['ravel_no_cudnn_pairs_per_s']:,.0f} | "
-                f"{r['ravel_no_cudnn_pairs_per_s'] / r['ravel_pairs_per_s']:.2f}x | "
-                f"{100 * r['ravel_no_cudnn_vs_ravel_identical']:.1f}% |"
+                f"| {r['model']} ({r['dtype']}) | {label} | {r['ravel_pairs_per_s']:,.0f} | "
+                f"{r[f'{name}_pairs_per_s']:,.0f} | "
+                f"{r[f'{name}_pairs_per_s'] / r['ravel_pairs_per_s']:.2f}x | "
+                f"{100 * r[f'{name}_vs_ravel_identical']:.1f}% |"
             )
     lines += ["", f"Total wall time: {results['wall_seconds'] / 60:.1f} min.", ""]
     return "\n".join(lines)
