@@ -130,7 +130,7 @@ def build_workload(
     }
     wikipedia = {
         t: (split, named)
-        for t, (split, named) in city.wikipedia.items()
+        for t, (split, named) in city.other_contexts().items()
         if split == "train" and (named is None or named in entities)
     }
     values = [city.entity_attributes[e][a] for e in entities for a in ATTRIBUTES]

@@ -192,10 +192,9 @@ def run_evaluation(
 def _remove_stale_predictions(out: Path, written: Container[Path]) -> None:
     """Delete the predictions an earlier ``evaluate`` into ``out`` wrote and this one did not
     (another layer or layer set): they would sit beside a ``results.json`` they do not match."""
-    for path in sorted(out.glob("predictions*.parquet")):
-        if path not in written and (
-            path.name == "predictions.parquet" or path.name.startswith("predictions_layer_")
-        ):
+    earlier = [*out.glob("predictions.parquet"), *sorted(out.glob("predictions_layer_*.parquet"))]
+    for path in earlier:
+        if path not in written:
             path.unlink()
             logger.info("removed %s, left by an earlier evaluation into %s", path.name, out)
 

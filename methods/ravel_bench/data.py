@@ -100,6 +100,18 @@ class EntityTypeRelease:
         """Return ``{template: attribute}`` over all attribute templates."""
         return {t: a for a, ts in self.attribute_templates.items() for t in ts}
 
+    def other_contexts(self) -> dict[str, tuple[str, str | None]]:
+        """The Wikipedia templates that can serve as "Other" source contexts.
+
+        A string that is also an attribute template (15 Nobel strings of the release) queries an
+        attribute, so it is no "Other" context, whether or not an instance keeps it as a
+        template.
+
+        Returns:
+            ``{template: (split, entity or None)}``, a subset of :attr:`wikipedia`.
+        """
+        return {t: v for t, v in self.wikipedia.items() if t not in self.template_split}
+
 
 @dataclass(frozen=True)
 class RavelRelease:

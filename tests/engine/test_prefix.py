@@ -168,16 +168,22 @@ def test_counterfactual_loss_and_gradient_are_the_same_with_a_cached_prefix():
         torch.testing.assert_close(grad, full_grad, atol=1e-5, rtol=1e-4)
 
 
-def test_counterfactual_loss_reads_no_value_of_a_device_tensor(monkeypatch):
-    """A training step queues its work without waiting for the device: the prefix cut, the
-    logits to keep and the label positions are decided from the host tensors. On the meta
-    device any read of a value (``.tolist()``, ``.item()``, boolean indexing) raises. The only
-    read left in the pass is transformers' own check of the padding mask, patched out here."""
+@pytest.fixture
+def no_mask_check(monkeypatch):
+    """transformers' own read of the padding mask (``_ignore_causal_mask_sdpa``, which decides
+    whether the mask can be skipped) answers "no" without reading: the meta-device tests below
+    then catch any other read of a device value, which would make the host wait for a GPU."""
     import transformers.masking_utils
 
     monkeypatch.setattr(
         transformers.masking_utils, "_ignore_causal_mask_sdpa", lambda *args, **kwargs: False
     )
+
+
+def test_counterfactual_loss_reads_no_value_of_a_device_tensor(no_mask_check):
+    """A training step queues its work without waiting for the device: the prefix cut, the
+    logits to keep and the label positions are decided from the host tensors. On the meta
+    device any read of a value (``.tolist()``, ``.item()``, boolean indexing) raises."""
     model = tiny_model("llama", n_layers=3).requires_grad_(False).to("meta")
     examples = [
         Example(t, e, t, "Oslo", " France", "cause")
@@ -199,14 +205,9 @@ def test_counterfactual_loss_reads_no_value_of_a_device_tensor(monkeypatch):
         assert loss.device.type == "meta" and loss.shape == ()
 
 
-def test_source_vectors_and_generation_read_no_value_of_a_device_tensor(monkeypatch):
+def test_source_vectors_and_generation_read_no_value_of_a_device_tensor(no_mask_check):
     """The eval loop queues its batches without waiting for the device (see the training
     test above): on the meta device any read of a value raises."""
-    import transformers.masking_utils
-
-    monkeypatch.setattr(
-        transformers.masking_utils, "_ignore_causal_mask_sdpa", lambda *args, **kwargs: False
-    )
     model = tiny_model("llama", n_layers=3).requires_grad_(False).to("meta")
     tokenizer = word_tokenizer()
     source = source_vectors(

@@ -5,7 +5,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from ravel_bench.data import load_release
-from ravel_bench.instance.build import label_token_ids, labels_in_context, other_contexts
+from ravel_bench.instance.build import label_token_ids, labels_in_context
 
 JSON_PROMPT = '{"city": "Paris", "country": "'
 PROSE_PROMPT = "Paris is a city in the country of"
@@ -62,7 +62,7 @@ def test_other_contexts_leave_out_every_attribute_template(release_tgz):
     nobel = load_release(release_tgz, ("nobel_prize_winner",)).types["nobel_prize_winner"]
     both = set(nobel.wikipedia) & set(nobel.template_split)
     assert len(both) == 15  # the release's defect
-    contexts = other_contexts(nobel)
+    contexts = nobel.other_contexts()
     assert not set(contexts) & both
     assert set(contexts) == set(nobel.wikipedia) - both
     assert all(contexts[t] == nobel.wikipedia[t] for t in contexts)

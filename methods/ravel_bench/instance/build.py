@@ -270,7 +270,7 @@ def build_instance(
     pools = PairPools(
         entity_split={e: release.entity_split[e] for e in entities},
         templates=kept_templates,
-        wikipedia=other_contexts(release),
+        wikipedia=release.other_contexts(),
         cells=cells,
     )
     c_of = {"train": config.c_train, "entity": config.c_entity, "context": config.c_context}
@@ -310,18 +310,6 @@ def build_instance(
         ", ".join(f"{k} {len(v)}" for k, v in pairs.items()),
     )
     return RavelInstance(metadata=metadata, pairs=pairs)
-
-
-def other_contexts(release: EntityTypeRelease) -> dict[str, tuple[str, str | None]]:
-    """The release's Wikipedia templates that can serve as "Other" source contexts.
-
-    A string that is also an attribute template (15 Nobel strings of the release) queries an
-    attribute, so it is no "Other" context, whether or not an instance keeps it as a template.
-
-    Returns:
-        ``{template: (split, entity or None)}``, a subset of ``release.wikipedia``.
-    """
-    return {t: v for t, v in release.wikipedia.items() if t not in release.template_split}
 
 
 def labels_in_context(

@@ -14,11 +14,11 @@ tokens (neither token sequence may start the other: evaluation could not tell th
 source template is then drawn uniformly among the allowed templates (a Wikipedia template that
 names an entity is allowed only for that entity, and strings that are also attribute templates
 are never used as Wikipedia contexts (:class:`PairPools` holds the kept templates only, so
-``build_instance`` leaves every attribute template of the release out of ``wikipedia``), nor are
-the few that glue the entity to a word, as in ``%sspor``). Only (entity, template) cells the
-model answers correctly are used, for the base and for the counterfactual. Drawing among differing labels is equivalent to
-dropping pairs with ``label == inv_label`` and redrawing; a base with no such candidate gets no
-pair. Every draw uses a numpy Generator seeded from the config seed, the setting and the split.
+``build_instance`` passes :meth:`~ravel_bench.data.EntityTypeRelease.other_contexts`, which
+leaves every attribute template of the release out), nor are the few that glue the entity to a
+word, as in ``%sspor``). Only (entity, template) cells the model answers correctly are used, for
+the base and for the counterfactual. Drawing among differing labels is equivalent to dropping
+pairs with ``label == inv_label`` and redrawing; a base with no such candidate gets no pair. Every draw uses a numpy Generator seeded from the config seed, the setting and the split.
 """
 
 import re
