@@ -116,6 +116,55 @@ def test_a_feature_budget_caps_pca_sae_and_the_masks(
         BenchmarkConfig(max_features=0)
 
 
+def test_the_selection_strength_reaches_pca_and_sae_and_is_recorded(
+    tiny_city, city, loaded, tmp_path, monkeypatch
+):
+    _, _, instance, _ = tiny_city
+    strengths = []
+    for name in ("train_pca", "train_sae"):
+        real = getattr(benchmark, name)
+
+        def recording(*args, _real=real, **kwargs):
+            strengths.append(kwargs["C"])
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(benchmark, name, recording)
+    config = BenchmarkConfig(methods=("pca", "sae"), layer=0, k=4, selection_c=0.05)
+    run_benchmark(loaded, instance, city, config, tmp_path, show_progress=False)
+    assert strengths and set(strengths) == {0.05}
+    card = (tmp_path / "featurizers" / "pca-Country" / "README.md").read_text()
+    assert "selection_c" in card and "0.05" in card
+    with pytest.raises(ConfigError, match="run with other settings \\(benchmark differ\\)"):
+        run_benchmark(
+            loaded, instance, city, replace(config, selection_c=0.1), tmp_path, show_progress=False
+        )
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ConfigError, match="selection_c=.* must be a positive number"):
+            BenchmarkConfig(selection_c=bad)
+    with pytest.raises(ConfigError, match="l1_coefficient=-1 must be a number >= 0"):
+        TrainConfig(l1_coefficient=-1)
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default(
+    tiny_city, city, loaded, tmp_path, monkeypatch
+):
+    _, _, instance, _ = tiny_city
+    config = BenchmarkConfig(methods=("noop",), layer=0, k=4)
+    run_benchmark(loaded, instance, city, config, tmp_path, show_progress=False)
+    run_file = tmp_path / "run.json"
+    older = json.loads(run_file.read_text())
+    del older["benchmark"]["selection_c"]  # as a run.json of an older ravel-bench
+    run_file.write_text(json.dumps(older))
+    calls = []
+    monkeypatch.setattr(benchmark, "evaluate_featurizer", lambda *a, **k: calls.append(a))
+    run_benchmark(loaded, instance, city, config, tmp_path, show_progress=False)
+    assert calls == []  # resumed: nothing redone
+    with pytest.raises(ConfigError, match="run with other settings"):
+        run_benchmark(
+            loaded, instance, city, replace(config, selection_c=0.2), tmp_path, show_progress=False
+        )
+
+
 def test_choose_layer_takes_the_first_block_that_still_carries_the_entity() -> None:
     cause = {"entity": [0.79, 0.85, 0.9, 0.1], "context": [0.95, 0.81, 0.7, 0.0]}
     layer, why = benchmark.choose_layer(cause)

@@ -162,17 +162,46 @@ def test_instance_command_on_the_embedded_test_model(release_tgz, tmp_path, caps
 
 
 def test_training_defaults_of_the_cli_are_the_library_defaults():
-    from ravel_bench.cli import build_parser
+    from ravel_bench.benchmark import BenchmarkConfig
+    from ravel_bench.cli import _benchmark_config, build_parser
     from ravel_bench.training import TrainConfig
 
     args = build_parser().parse_args(["benchmark", "--output", "x"])
     defaults = TrainConfig()
-    assert (args.lr, args.epochs, args.train_batch_size, args.dim) == (
+    assert (args.lr, args.epochs, args.train_batch_size, args.dim, args.l1) == (
         defaults.lr,
         defaults.epochs,
         defaults.batch_size,
         defaults.k,
+        defaults.l1_coefficient,
     )
+    assert args.selection_c == BenchmarkConfig().selection_c
+    assert _benchmark_config(args, ("das",), 0) == BenchmarkConfig(methods=("das",), layer=0)
+
+
+def test_sparsity_flags_reach_the_masks_and_the_selection():
+    from ravel_bench.cli import _benchmark_config, build_parser
+
+    flags = ["benchmark", "--output", "x", "--l1", "3", "--selection-c", "0.01"]
+    config = _benchmark_config(build_parser().parse_args(flags), ("dbm", "pca"), 0)
+    assert config.train.l1_coefficient == 3.0 and config.selection_c == 0.01
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--l1", "-1", "argument --l1: -1 must be >= 0"),
+        ("--l1", "nan", "argument --l1: nan must be >= 0"),
+        ("--selection-c", "0", "argument --selection-c: 0 must be > 0"),
+        ("--lr", "fast", "argument --lr: 'fast' is not a number"),
+        ("--epochs", "0", "argument --epochs: 0 must be >= 1"),
+        ("--max-features", "0", "argument --max-features: 0 must be >= 1"),
+    ],
+)
+def test_bad_hyperparameters_are_usage_errors(tmp_path, capsys, flag, value, message):
+    assert main(["benchmark", "--output", str(tmp_path / "b"), flag, value]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize(

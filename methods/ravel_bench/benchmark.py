@@ -32,6 +32,7 @@ from ravel_bench.featurizers.pca import train_pca
 from ravel_bench.featurizers.registry import parse_featurizer_spec
 from ravel_bench.featurizers.rlap import train_rlap
 from ravel_bench.featurizers.sae import train_sae
+from ravel_bench.featurizers.selection import SELECTION_C
 from ravel_bench.files import write_text_atomic
 from ravel_bench.hub import load_featurizer, save_featurizer
 from ravel_bench.instance.build import RavelInstance
@@ -65,6 +66,8 @@ class BenchmarkConfig:
             swap: PCA and SAE keep at most this many (the largest L1 coefficients), DBM and MDBM
             at most this many neurons (the largest mask logits). ``None`` (the default): no
             budget, as in RAVEL. DAS, MDAS, RLAP and the random baseline always use ``k``.
+        selection_c: inverse L1 strength of the classifier that selects PCA's and SAE's
+            features (smaller keeps fewer). The masks' sparsity is ``train.l1_coefficient``.
     """
 
     methods: tuple[str, ...] = ALL_METHODS
@@ -75,6 +78,7 @@ class BenchmarkConfig:
     seed: int = 0
     batch_size: int = 64
     max_features: int | None = None
+    selection_c: float = SELECTION_C
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in ALL_METHODS]
@@ -85,6 +89,10 @@ class BenchmarkConfig:
         for name in ("k", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"BenchmarkConfig.{name}={getattr(self, name)} must be >= 1")
+        if not (self.selection_c > 0 and math.isfinite(self.selection_c)):
+            raise ConfigError(
+                f"BenchmarkConfig.selection_c={self.selection_c} must be a positive number"
+            )
 
 
 def choose_layer(full_swap_cause: dict[str, list[float]]) -> tuple[int, str]:
@@ -174,9 +182,13 @@ def train_featurizer(
     }
     args = (model, tokenizer, instance, release, attribute, layer)
     if method == "pca":
-        featurizer = train_pca(*args, k=config.max_features, pca=shared.get("pca"), **common)
+        featurizer = train_pca(
+            *args, k=config.max_features, C=config.selection_c, pca=shared.get("pca"), **common
+        )
     elif method == "sae":
-        featurizer = train_sae(*args, k=config.max_features, sae=shared.get("sae"), **common)
+        featurizer = train_sae(
+            *args, k=config.max_features, C=config.selection_c, sae=shared.get("sae"), **common
+        )
     else:
         featurizer = train_rlap(*args, k=config.k, **common)
     shared.setdefault(method, featurizer)  # PCA/SAE: reused (masks are replaced, not shared)
@@ -202,8 +214,10 @@ def _recipe(method: str, config: BenchmarkConfig) -> dict:
         recipe.update({k: v for k, v in vars(train).items() if k != "log_every"})
     elif method == "rlap":
         recipe["k"] = config.k
-    elif method in ("pca", "sae") and config.max_features is not None:
-        recipe["max_features"] = config.max_features
+    elif method in ("pca", "sae"):
+        recipe["selection_c"] = config.selection_c
+        if config.max_features is not None:
+            recipe["max_features"] = config.max_features
     return recipe
 
 
@@ -231,12 +245,24 @@ def run_record(loaded: LoadedModel, instance: RavelInstance, config: BenchmarkCo
     return json.loads(json.dumps(run))  # tuples -> lists, as read back
 
 
+# Benchmark settings added after run.json files were first written, with the value every run
+# before them used: an older folder still resumes.
+ADDED_SETTINGS = {"selection_c": SELECTION_C}
+
+
 def held_run_record(out: str | Path) -> dict | None:
-    """The ``run.json`` of a benchmark folder, or None if it has none (or an unreadable one)."""
+    """The ``run.json`` of a benchmark folder, or None if it has none (or an unreadable one).
+
+    Settings an older ravel-bench did not record (:data:`ADDED_SETTINGS`) read as the value it
+    used.
+    """
     try:
-        return json.loads((Path(out) / RUN_FILE).read_text())
+        held = json.loads((Path(out) / RUN_FILE).read_text())
     except (OSError, ValueError):
         return None
+    if isinstance(held, dict) and isinstance(held.get("benchmark"), dict):
+        held["benchmark"] = {**ADDED_SETTINGS, **held["benchmark"]}
+    return held
 
 
 def _claim_run_folder(

@@ -6,6 +6,7 @@ The CLI turns flags into library calls, renders the results and owns logging and
 
 import argparse
 import logging
+import math
 import os
 import shutil
 import sys
@@ -43,6 +44,26 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
     return value
+
+
+def _number(text: str, *, positive: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise argparse.ArgumentTypeError(f"{text} must be {'> 0' if positive else '>= 0'}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    return _number(text, positive=True)
+
+
+def _non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    return _number(text, positive=False)
 
 
 def _output_folder(path: str) -> Path:
@@ -357,7 +378,11 @@ def _benchmark_config(args: argparse.Namespace, methods: tuple[str, ...], layer:
     from ravel_bench.training import TrainConfig
 
     train = TrainConfig(
-        lr=args.lr, batch_size=args.train_batch_size, epochs=args.epochs, seed=args.seed
+        lr=args.lr,
+        batch_size=args.train_batch_size,
+        epochs=args.epochs,
+        l1_coefficient=args.l1,
+        seed=args.seed,
     )
     return BenchmarkConfig(
         methods=methods,
@@ -367,6 +392,7 @@ def _benchmark_config(args: argparse.Namespace, methods: tuple[str, ...], layer:
         seed=args.seed,
         batch_size=args.batch_size,
         max_features=args.max_features,
+        selection_c=args.selection_c,
     )
 
 
@@ -428,18 +454,37 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instance", default=None, help="instance folder (default: build one)")
     parser.add_argument("--dim", type=_positive_int, default=8, help="k: subspace size (default 8)")
     parser.add_argument(
-        "--lr", type=float, default=3e-3, help="learning rate (DAS/DBM family; default 3e-3)"
+        "--lr",
+        type=_positive_float,
+        default=3e-3,
+        help="learning rate (DAS/DBM family; default 3e-3)",
     )
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    parser.add_argument(
+        "--epochs", type=_positive_int, default=3, help="training epochs (default 3)"
+    )
     parser.add_argument(
         "--train-batch-size", type=_positive_int, default=16, help="training batch size"
     )
     parser.add_argument(
         "--max-features",
-        type=int,
+        type=_positive_int,
         default=None,
         help="feature budget: PCA, SAE, DBM and MDBM swap at most this many features "
         "(default: no budget, as in RAVEL)",
+    )
+    parser.add_argument(
+        "--l1",
+        type=_non_negative_float,
+        default=1e-2,
+        help="DBM/MDBM: weight of the L1 penalty on the mean mask value (default 0.01; "
+        "a reference coefficient on the mask's sum is this / d_model)",
+    )
+    parser.add_argument(
+        "--selection-c",
+        type=_positive_float,
+        default=0.1,
+        help="PCA/SAE: inverse L1 strength of the classifier that selects the features "
+        "(default 0.1; smaller keeps fewer)",
     )
     parser.add_argument("--seed", type=int, default=0)
     _add_model(parser, default="toy")

@@ -99,6 +99,10 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.max_features={self.max_features} must be >= 1")
         if self.isolate_ratio < 0:
             raise ConfigError(f"TrainConfig.isolate_ratio={self.isolate_ratio} must be >= 0")
+        if not (self.l1_coefficient >= 0 and math.isfinite(self.l1_coefficient)):
+            raise ConfigError(
+                f"TrainConfig.l1_coefficient={self.l1_coefficient} must be a number >= 0"
+            )
 
 
 @dataclass(frozen=True)

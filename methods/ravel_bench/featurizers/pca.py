@@ -24,7 +24,11 @@ from ravel_bench.data import EntityTypeRelease
 from ravel_bench.errors import ConfigError
 from ravel_bench.featurizers.base import Featurizer, FeaturizerConfig
 from ravel_bench.featurizers.registry import register_featurizer
-from ravel_bench.featurizers.selection import select_attribute_features, site_config_fields
+from ravel_bench.featurizers.selection import (
+    SELECTION_C,
+    select_attribute_features,
+    site_config_fields,
+)
 from ravel_bench.instance.build import RavelInstance
 
 logger = logging.getLogger(__name__)
@@ -130,7 +134,7 @@ def train_pca(
     k: int | None = None,
     seed: int = 0,
     show_progress: bool = True,
-    C: float = 0.1,
+    C: float = SELECTION_C,
     max_iter: int = 1000,
     activations: AttributeActivations | None = None,
     pca: PCAFeaturizer | None = None,

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 _SPARSE_DENSITY = 0.3
 # scikit-learn 1.8 deprecated `penalty`: an L1 penalty is `l1_ratio=1.0` from then on.
 _SKLEARN_L1_RATIO = tuple(int(p) for p in sklearn.__version__.split(".")[:2]) >= (1, 8)
+# Inverse L1 strength of the selection classifier; smaller keeps fewer features.
+SELECTION_C = 0.1
 
 
 def l1_classifier(C: float, max_iter: int, tol: float, seed: int) -> LogisticRegression:
@@ -48,7 +50,7 @@ def l1_feature_mask(
     labels: torch.Tensor,
     *,
     k: int | None = None,
-    C: float = 0.1,
+    C: float = SELECTION_C,
     max_iter: int = 1000,
     tol: float = 1e-3,
     seed: int = 0,
@@ -146,7 +148,7 @@ def select_attribute_features(
     labels: torch.Tensor,
     *,
     k: int | None = None,
-    C: float = 0.1,
+    C: float = SELECTION_C,
     max_iter: int = 1000,
     seed: int = 0,
     batch_size: int = 4096,
