@@ -8,6 +8,8 @@ import pytest
 import ravel_bench.benchmark as benchmark
 from ravel_bench.benchmark import BenchmarkConfig, run_benchmark
 from ravel_bench.errors import ConfigError
+from ravel_bench.evaluation import evaluate_featurizer
+from ravel_bench.featurizers.baselines import IdentityFeaturizer
 from ravel_bench.models import LoadedModel
 from ravel_bench.training import TrainConfig
 
@@ -208,6 +210,26 @@ def test_interrupted_writes_are_redone_not_reused(tiny_city, city, loaded, tmp_p
 def test_bad_sizes_are_refused_before_any_work(changes, message):
     with pytest.raises(ConfigError, match=message):
         BenchmarkConfig(**changes)
+
+
+def test_the_val_split_scores_the_val_pairs(tiny_city, city, loaded, tmp_path):
+    _, _, instance, _ = tiny_city
+    val = BenchmarkConfig(methods=("full",), layer=0, k=4, split="val")
+    results = run_benchmark(loaded, instance, city, val, tmp_path, show_progress=False)
+    expected = evaluate_featurizer(
+        loaded.model,
+        loaded.tokenizer,
+        instance,
+        {"Country": IdentityFeaturizer.full(loaded.model.config.hidden_size)},
+        0,
+        "entity",
+        "val",
+        show_progress=False,
+    ).scores["per_attribute"]["Country"]
+    assert results["full"]["per_attribute"]["Country"]["entity"] == expected
+    assert "val split" in (tmp_path / "leaderboard.md").read_text()
+    with pytest.raises(ConfigError, match="split='train'; expected 'test' or 'val'"):
+        BenchmarkConfig(split="train")
 
 
 def test_run_settings_are_checked_before_the_folder_is_claimed(

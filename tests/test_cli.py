@@ -185,6 +185,13 @@ def test_sparsity_flags_reach_the_masks_and_the_selection():
     flags = ["benchmark", "--output", "x", "--l1", "3", "--selection-c", "0.01"]
     config = _benchmark_config(build_parser().parse_args(flags), ("dbm", "pca"), 0)
     assert config.train.l1_coefficient == 3.0 and config.selection_c == 0.01
+    assert config.split == "test"
+    val = build_parser().parse_args(["benchmark", "--output", "x", "--split", "val"])
+    assert _benchmark_config(val, ("dbm",), 0).split == "val"
+    train = build_parser().parse_args(
+        ["train", "--method", "das", "--attribute", "Country"] + ["--layer", "0", "--output", "x"]
+    )
+    assert _benchmark_config(train, ("das",), 0).split == "test"
 
 
 @pytest.mark.parametrize(
@@ -196,6 +203,7 @@ def test_sparsity_flags_reach_the_masks_and_the_selection():
         ("--lr", "fast", "argument --lr: 'fast' is not a number"),
         ("--epochs", "0", "argument --epochs: 0 must be >= 1"),
         ("--max-features", "0", "argument --max-features: 0 must be >= 1"),
+        ("--split", "train", "argument --split: invalid choice: 'train'"),
     ],
 )
 def test_bad_hyperparameters_are_usage_errors(tmp_path, capsys, flag, value, message):

@@ -58,7 +58,8 @@ class BenchmarkConfig:
         methods: method names (see :data:`ALL_METHODS`).
         layer: intervention layer (``-1`` embeddings, else block index).
         k: subspace size of DAS, MDAS, RLAP and the random baseline.
-        split: evaluation split of both settings.
+        split: evaluation split of both settings: ``test`` (what a leaderboard reports) or
+            ``val`` (for choosing hyperparameters).
         train: hyperparameters of the intervention methods (``method`` is overridden).
         seed: seed of every method.
         batch_size: prompts per forward pass at evaluation.
@@ -86,6 +87,11 @@ class BenchmarkConfig:
             raise ConfigError(f"unknown methods {unknown}; choose among {', '.join(ALL_METHODS)}")
         if self.max_features is not None and self.max_features < 1:
             raise ConfigError(f"max_features={self.max_features} must be >= 1 (or None: no budget)")
+        if self.split not in ("test", "val"):
+            raise ConfigError(
+                f"BenchmarkConfig.split={self.split!r}; expected 'test' or 'val' (the train "
+                "pairs train the methods)"
+            )
         for name in ("k", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"BenchmarkConfig.{name}={getattr(self, name)} must be >= 1")

@@ -393,6 +393,7 @@ def _benchmark_config(args: argparse.Namespace, methods: tuple[str, ...], layer:
         batch_size=args.batch_size,
         max_features=args.max_features,
         selection_c=args.selection_c,
+        split=getattr(args, "split", "test"),  # `train` has no split: it does not evaluate
     )
 
 
@@ -564,6 +565,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", default="", help="comma list (default: all ten)")
     bench.add_argument("--layer", default="", help="block index (default: the middle block)")
     bench.add_argument("--output", required=True, help="output folder (resumable)")
+    bench.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="split the leaderboard scores (default test; val is for choosing hyperparameters)",
+    )
     _add_training(bench)
     bench.set_defaults(func=_cmd_benchmark)
 
