@@ -227,3 +227,58 @@ def test_source_vectors_and_generation_read_no_value_of_a_device_tensor(no_mask_
         keep_on_device=True,
     )
     assert tokens.device.type == "meta" and tokens.shape == (12, 3)
+
+
+def test_windows_group_consecutive_batches_under_both_caps():
+    from ravel_bench.engine.interchange import table_windows
+
+    keys = [(1,), (1,), (2,), (2,), (3,), (3,), (4,), (4,), (), ()]
+    cut = [True] * 8 + [False] * 2
+    batches = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert table_windows(batches, keys, cut, max_prefixes=8, window_batches=2) == [
+        [0, 1],
+        [2, 3],
+        [4],  # whole rows never share a window with cut ones
+    ]
+    assert table_windows(batches, keys, cut, max_prefixes=3, window_batches=8) == [
+        [0, 1, 2],
+        [3],
+        [4],
+    ]
+
+
+def test_each_window_builds_a_table_of_its_own_prefixes_after_freeing_the_last(monkeypatch):
+    """Peak memory: one small table at a time, not one of every prefix."""
+    import gc
+    import weakref
+
+    import ravel_bench.engine.interchange as interchange
+
+    model = tiny_model("llama", n_layers=3)
+    tokenizer = word_tokenizer()
+    built = []
+    real = interchange.build_prefix_table
+
+    def recording(model, keys, **kwargs):
+        gc.collect()
+        assert all(ref() is None for ref in built)  # the previous window's table is gone
+        table = real(model, keys, **kwargs)
+        built.append(weakref.ref(table))
+        prefixes.append(set(table.rows))
+        return table
+
+    prefixes = []
+    monkeypatch.setattr(interchange, "build_prefix_table", recording)
+    monkeypatch.setattr(interchange, "WINDOW_BATCHES", 1)
+    templates = ["The city %s is in", "The city of %s is", "the %s city is"] * 4
+    entities = ["Paris", "Tokyo", "Rome", "Lima"] * 3
+    generated = intervened_generate(
+        model, tokenizer, templates, entities, 1, None, max_new_tokens=2, batch_size=4
+    )
+    assert len(built) == 3 and all(len(p) == 1 for p in prefixes)  # one prefix per batch
+    monkeypatch.setattr(interchange, "build_prefix_table", real)
+    monkeypatch.setattr(interchange, "WINDOW_BATCHES", 100)
+    one_table = intervened_generate(
+        model, tokenizer, templates, entities, 1, None, max_new_tokens=2, batch_size=4
+    )
+    assert torch.equal(generated, one_table)

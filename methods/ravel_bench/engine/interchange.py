@@ -5,9 +5,16 @@ offsets), base and source each at their own position. Prompts are tokenized once
 only up to the intervention layer and only up to their entity's last token (later tokens cannot
 reach it), once per distinct token sequence. Prefixes before the entity that several rows share
 run once (:mod:`ravel_bench.engine.prefix`), and rows are batched by prefix, then length.
+
+Consecutive batches form windows of up to :data:`WINDOW_BATCHES`, and each window builds a
+prefix table of only its own prefixes (rows sorted by prefix within a length give a window few),
+freed before the next window's is built. The cache held at any time is one batch's plus a small
+table, however many prefixes the rows have: one table of every prefix, padded to the longest,
+held 218 MB at Llama-2-7b's shapes on the GPU benchmark's pairs, a window's table 38 MB.
 """
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import torch
@@ -19,10 +26,14 @@ from ravel_bench.engine.blocks import EMBEDDINGS, hidden_size
 from ravel_bench.engine.generation import greedy_generate, position_ids_from_mask
 from ravel_bench.engine.hooks import patch_first_pass, residual_at_positions
 from ravel_bench.engine.positions import encode_rows, pad_left
-from ravel_bench.engine.prefix import build_prefix_table, rest_inputs
+from ravel_bench.engine.prefix import Prefix, PrefixTable, build_prefix_table, rest_inputs
 from ravel_bench.engine.transfer import batch_to_device, to_device
 
 logger = logging.getLogger(__name__)
+
+# Consecutive batches that share one prefix table (see the module docstring): more windows cost
+# a table forward pass each, longer ones hold more cached prefixes at once.
+WINDOW_BATCHES = 4
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -46,8 +57,86 @@ def _batches(order: list[int], cut: list[bool], batch_size: int) -> list[list[in
     return [g[i : i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
 
 
+def shared_prefixes(prefixes: Sequence[Prefix]) -> set[Prefix]:
+    """The non-empty prefixes that at least two rows have: the ones worth caching."""
+    counts = Counter(p for p in prefixes if p)
+    return {p for p, n in counts.items() if n >= 2}
+
+
+def table_windows(
+    batches: Sequence[Sequence[int]],
+    keys: Sequence[Prefix],
+    cut: Sequence[bool],
+    max_prefixes: int,
+    window_batches: int = WINDOW_BATCHES,
+) -> list[list[int]]:
+    """Group consecutive batches into windows that share one prefix table.
+
+    Args:
+        batches: row indices per batch, each batch all cut or all whole (see :func:`_batches`).
+        keys: each row's prefix; cut: whether the row runs on a cached prefix.
+        max_prefixes: most distinct prefixes in one window (its table is one forward pass).
+        window_batches: most batches in one window.
+
+    Returns:
+        Batch indices per window, in order. Whole batches form windows of their own kind.
+    """
+    windows: list[list[int]] = []
+    held: set[Prefix] = set()
+    for b, rows in enumerate(batches):
+        batch_keys = {keys[i] for i in rows} if cut[rows[0]] else set()
+        current = windows[-1] if windows else None
+        if (
+            current is not None
+            and cut[batches[current[0]][0]] == cut[rows[0]]
+            and len(current) < window_batches
+            and len(held | batch_keys) <= max_prefixes
+        ):
+            current.append(b)
+            held |= batch_keys
+        else:
+            windows.append([b])
+            held = set(batch_keys)
+    return windows
+
+
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+class _WindowTables:
+    """The prefix table of each batch's window, built when its window starts and dropped (so
+    freed) before the next window's is built."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[Sequence[int]],
+        keys: Sequence[Prefix],
+        cut: Sequence[bool],
+        batch_size: int,
+        layer: int | None = None,
+    ) -> None:
+        self.model, self.batches, self.keys, self.layer = model, batches, keys, layer
+        self.max_rows = batch_size
+        self.window_of: dict[int, int] = {}
+        self.windows = table_windows(
+            batches, keys, cut, max_prefixes=batch_size, window_batches=WINDOW_BATCHES
+        )
+        for w, window in enumerate(self.windows):
+            self.window_of.update(dict.fromkeys(window, w))
+        self.current: tuple[int, PrefixTable] | None = None
+
+    def for_batch(self, b: int) -> PrefixTable:
+        w = self.window_of[b]
+        if self.current is None or self.current[0] != w:
+            self.current = None  # free the previous window's cache first
+            window_keys = [self.keys[i] for batch in self.windows[w] for i in self.batches[batch]]
+            table = build_prefix_table(
+                self.model, window_keys, max_rows=self.max_rows, layer=self.layer, min_count=1
+            )
+            self.current = (w, table)
+        return self.current[1]
 
 
 @torch.no_grad()
@@ -84,12 +173,8 @@ def source_vectors(
     first = {seq: f for seq, f in zip(truncated, encoded.first, strict=True)}
     prefixes = [seq[: first[seq]] for seq in distinct]
     # At the embeddings the vector is the entity token's own: no prefix to share.
-    table = (
-        build_prefix_table(model, prefixes, max_rows=batch_size, layer=layer)
-        if layer != EMBEDDINGS
-        else None
-    )
-    cut = [table is not None and p in table for p in prefixes]
+    shared = shared_prefixes(prefixes) if layer != EMBEDDINGS else set()
+    cut = [p in shared for p in prefixes]
     order = sorted(
         range(len(distinct)), key=lambda i: (not cut[i], prefixes[i], len(distinct[i]), i)
     )
@@ -97,10 +182,12 @@ def source_vectors(
     pad_id = _pad_id(tokenizer)
     unique: torch.Tensor | None = None  # [distinct, d_model], filled batch by batch
     batches = _batches(order, cut, batch_size)
-    for rows in tqdm(batches, desc="source vectors", leave=False, disable=not show_progress):
+    tables = _WindowTables(model, batches, prefixes, cut, batch_size, layer=layer)
+    progress = tqdm(batches, desc="source vectors", leave=False, disable=not show_progress)
+    for b, rows in enumerate(progress):
         cache = None
         if cut[rows[0]]:  # a batch is all cut or all whole
-            cache, prefix_mask = table.select([prefixes[i] for i in rows])
+            cache, prefix_mask = tables.for_batch(b).select([prefixes[i] for i in rows])
             rest = batch_to_device(
                 pad_left([distinct[i][len(prefixes[i]) :] for i in rows], pad_id), device
             )
@@ -161,9 +248,10 @@ def intervened_generate(
     """
     encoded = encode_rows(tokenizer, base_templates, base_entities)
     prefixes = [tuple(ids[:f]) for ids, f in zip(encoded.ids, encoded.first, strict=True)]
-    table = build_prefix_table(model, prefixes, max_rows=batch_size)
-    cut = [table is not None and p in table for p in prefixes]
-    # Rows run from their cut on: batch them by that length (least padding), then by prefix.
+    shared = shared_prefixes(prefixes)
+    cut = [p in shared for p in prefixes]
+    # Rows run from their cut on: batch them by that length (least padding), then by prefix (so
+    # that a window of batches holds few prefixes).
     kept_length = [
         len(ids) - (f if c else 0)
         for ids, f, c in zip(encoded.ids, encoded.first, cut, strict=True)
@@ -177,7 +265,9 @@ def intervened_generate(
     # the GPU every batch instead of queueing the next one.
     out = torch.empty(len(prefixes), max_new_tokens, dtype=torch.long, device=device)
     batches = _batches(order, cut, batch_size)
-    for rows in tqdm(batches, desc="intervened generation", leave=False, disable=not show_progress):
+    tables = _WindowTables(model, batches, prefixes, cut, batch_size)
+    progress = tqdm(batches, desc="intervened generation", leave=False, disable=not show_progress)
+    for b, rows in enumerate(progress):
         cache = None
         start = [encoded.first[i] if cut[i] else 0 for i in rows]  # each row's first token kept
         kept = [encoded.ids[i][s:] for i, s in zip(rows, start, strict=True)]
@@ -192,7 +282,7 @@ def intervened_generate(
         last = to_device(last, device)
         index = to_device(torch.tensor(rows), device)  # [batch]
         if cut[rows[0]]:  # a batch is all cut or all whole
-            cache, prefix_mask = table.select([prefixes[i] for i in rows])
+            cache, prefix_mask = tables.for_batch(b).select([prefixes[i] for i in rows])
             batch = rest_inputs(batch, prefix_mask)
         if intervene is None:
             generated = greedy_generate(model, batch, max_new_tokens, cache=cache)
