@@ -6,8 +6,8 @@ only up to the intervention layer and only up to their entity's last token (late
 reach it), once per distinct token sequence. Prefixes before the entity that several rows share
 run once (:mod:`ravel_bench.engine.prefix`), and rows are batched by prefix, then length.
 
-Consecutive batches form windows of up to :data:`WINDOW_BATCHES`, and each window builds a
-prefix table of only its own prefixes (rows sorted by prefix within a length give a window few),
+In generation, consecutive batches form windows of up to :data:`WINDOW_BATCHES`, and each window
+builds a prefix table of only its own prefixes (rows sorted by prefix within a length give a window few),
 freed before the next window's is built. The cache held at any time is one batch's plus a small
 table, however many prefixes the rows have: one table of every prefix, padded to the longest,
 held 218 MB at Llama-2-7b's shapes on the GPU benchmark's pairs, a window's table 38 MB.
@@ -116,12 +116,17 @@ class _WindowTables:
         cut: Sequence[bool],
         batch_size: int,
         layer: int | None = None,
+        window_batches: int | None = None,
     ) -> None:
         self.model, self.batches, self.keys, self.layer = model, batches, keys, layer
         self.max_rows = batch_size
         self.window_of: dict[int, int] = {}
         self.windows = table_windows(
-            batches, keys, cut, max_prefixes=batch_size, window_batches=WINDOW_BATCHES
+            batches,
+            keys,
+            cut,
+            max_prefixes=batch_size,
+            window_batches=WINDOW_BATCHES if window_batches is None else window_batches,
         )
         for w, window in enumerate(self.windows):
             self.window_of.update(dict.fromkeys(window, w))
@@ -182,7 +187,12 @@ def source_vectors(
     pad_id = _pad_id(tokenizer)
     unique: torch.Tensor | None = None  # [distinct, d_model], filled batch by batch
     batches = _batches(order, cut, batch_size)
-    tables = _WindowTables(model, batches, prefixes, cut, batch_size, layer=layer)
+    # One window, as many batches as it takes (up to batch_size prefixes per table): this pass
+    # stops at ``layer`` and keeps no cache for decoding, so its table is not the eval's peak,
+    # and the vectors keep the values (to the last bit) that trained featurizers were fit on.
+    tables = _WindowTables(
+        model, batches, prefixes, cut, batch_size, layer=layer, window_batches=len(batches)
+    )
     progress = tqdm(batches, desc="source vectors", leave=False, disable=not show_progress)
     for b, rows in enumerate(progress):
         cache = None
