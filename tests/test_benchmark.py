@@ -88,19 +88,25 @@ def test_attribute_independent_work_is_done_once(tiny_city, city, loaded, tmp_pa
         assert saved["attribute"] == attribute and saved["base_model"] == "tiny-random"
 
 
-def test_a_feature_budget_caps_pca_sae_and_the_masks(
-    tiny_city, city, loaded, tmp_path, monkeypatch
-):
-    _, _, instance, _ = tiny_city
-    budgets = []
+def _record_pca_and_sae_argument(monkeypatch, argument: str) -> list:
+    """Patch the benchmark's PCA and SAE trainers to record one keyword argument of each call."""
+    seen = []
     for name in ("train_pca", "train_sae"):
         real = getattr(benchmark, name)
 
         def recording(*args, _real=real, **kwargs):
-            budgets.append(kwargs["k"])
+            seen.append(kwargs[argument])
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(benchmark, name, recording)
+    return seen
+
+
+def test_a_feature_budget_caps_pca_sae_and_the_masks(
+    tiny_city, city, loaded, tmp_path, monkeypatch
+):
+    _, _, instance, _ = tiny_city
+    budgets = _record_pca_and_sae_argument(monkeypatch, "k")
     config = BenchmarkConfig(
         methods=("pca", "sae", "dbm", "das"),
         layer=0,
@@ -122,15 +128,7 @@ def test_the_selection_strength_reaches_pca_and_sae_and_is_recorded(
     tiny_city, city, loaded, tmp_path, monkeypatch
 ):
     _, _, instance, _ = tiny_city
-    strengths = []
-    for name in ("train_pca", "train_sae"):
-        real = getattr(benchmark, name)
-
-        def recording(*args, _real=real, **kwargs):
-            strengths.append(kwargs["C"])
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(benchmark, name, recording)
+    strengths = _record_pca_and_sae_argument(monkeypatch, "C")
     config = BenchmarkConfig(methods=("pca", "sae"), layer=0, k=4, selection_c=0.05)
     run_benchmark(loaded, instance, city, config, tmp_path, show_progress=False)
     assert strengths and set(strengths) == {0.05}

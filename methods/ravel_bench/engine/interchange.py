@@ -7,8 +7,8 @@ reach it), once per distinct token sequence. Prefixes before the entity that sev
 run once (:mod:`ravel_bench.engine.prefix`), and rows are batched by prefix, then length.
 
 In generation, consecutive batches form windows of up to :data:`WINDOW_BATCHES`, and each window
-builds a prefix table of only its own prefixes (rows sorted by prefix within a length give a window few),
-freed before the next window's is built. The cache held at any time is one batch's plus a small
+builds a prefix table of only its own prefixes (rows sorted by prefix within a length give a
+window few), freed before the next window's is built. The cache held at any time is one batch's plus a small
 table, however many prefixes the rows have: one table of every prefix, padded to the longest,
 held 218 MB at Llama-2-7b's shapes on the GPU benchmark's pairs, a window's table 38 MB.
 """
@@ -68,7 +68,7 @@ def table_windows(
     keys: Sequence[Prefix],
     cut: Sequence[bool],
     max_prefixes: int,
-    window_batches: int = WINDOW_BATCHES,
+    window_batches: int,
 ) -> list[list[int]]:
     """Group consecutive batches into windows that share one prefix table.
 
@@ -115,19 +115,13 @@ class _WindowTables:
         keys: Sequence[Prefix],
         cut: Sequence[bool],
         batch_size: int,
+        window_batches: int,
         layer: int | None = None,
-        window_batches: int | None = None,
     ) -> None:
         self.model, self.batches, self.keys, self.layer = model, batches, keys, layer
         self.max_rows = batch_size
         self.window_of: dict[int, int] = {}
-        self.windows = table_windows(
-            batches,
-            keys,
-            cut,
-            max_prefixes=batch_size,
-            window_batches=WINDOW_BATCHES if window_batches is None else window_batches,
-        )
+        self.windows = table_windows(batches, keys, cut, batch_size, window_batches)
         for w, window in enumerate(self.windows):
             self.window_of.update(dict.fromkeys(window, w))
         self.current: tuple[int, PrefixTable] | None = None
@@ -190,9 +184,7 @@ def source_vectors(
     # One window, as many batches as it takes (up to batch_size prefixes per table): this pass
     # stops at ``layer`` and keeps no cache for decoding, so its table is not the eval's peak,
     # and the vectors keep the values (to the last bit) that trained featurizers were fit on.
-    tables = _WindowTables(
-        model, batches, prefixes, cut, batch_size, layer=layer, window_batches=len(batches)
-    )
+    tables = _WindowTables(model, batches, prefixes, cut, batch_size, len(batches), layer=layer)
     progress = tqdm(batches, desc="source vectors", leave=False, disable=not show_progress)
     for b, rows in enumerate(progress):
         cache = None
@@ -275,7 +267,7 @@ def intervened_generate(
     # the GPU every batch instead of queueing the next one.
     out = torch.empty(len(prefixes), max_new_tokens, dtype=torch.long, device=device)
     batches = _batches(order, cut, batch_size)
-    tables = _WindowTables(model, batches, prefixes, cut, batch_size)
+    tables = _WindowTables(model, batches, prefixes, cut, batch_size, WINDOW_BATCHES)
     progress = tqdm(batches, desc="intervened generation", leave=False, disable=not show_progress)
     for b, rows in enumerate(progress):
         cache = None

@@ -18,7 +18,8 @@ are never used as Wikipedia contexts (:class:`PairPools` holds the kept template
 leaves every attribute template of the release out), nor are the few that glue the entity to a
 word, as in ``%sspor``). Only (entity, template) cells the model answers correctly are used, for
 the base and for the counterfactual. Drawing among differing labels is equivalent to dropping
-pairs with ``label == inv_label`` and redrawing; a base with no such candidate gets no pair. Every draw uses a numpy Generator seeded from the config seed, the setting and the split.
+pairs with ``label == inv_label`` and redrawing; a base with no such candidate gets no pair.
+Every draw uses a numpy Generator seeded from the config seed, the setting and the split.
 """
 
 import re
