@@ -8,9 +8,10 @@ run once (:mod:`ravel_bench.engine.prefix`), and rows are batched by prefix, the
 
 In generation, consecutive batches form windows of up to :data:`WINDOW_BATCHES`, and each window
 builds a prefix table of only its own prefixes (rows sorted by prefix within a length give a
-window few), freed before the next window's is built. The cache held at any time is one batch's plus a small
-table, however many prefixes the rows have: one table of every prefix, padded to the longest,
-held 218 MB at Llama-2-7b's shapes on the GPU benchmark's pairs, a window's table 38 MB.
+window few), freed before the next window's is built. The cache held at any time is one
+batch's plus a small table, however many prefixes the rows have: one table of every prefix,
+padded to the longest, held 218 MB at Llama-2-7b's shapes on the GPU benchmark's pairs, a
+window's table 38 MB.
 """
 
 import logging
