@@ -9,7 +9,8 @@ Usage: ``python -m benchmarks.run [--quick] [--out DIR] [--release PATH] [--thre
 2. eval throughput: the trained DAS directions in both engines, same pairs and batch size,
    interleaved repetitions, every generated token compared;
 3. scale: one eval per fresh process and side (time, peak RSS) over growing pair counts, on
-   the toy-sized model and on a wider one.
+   the toy-sized model and on a wider one;
+4. training memory: the training stage's runs again, one fresh process per side (peak RSS).
 
 The last line printed is the summary:
 ``eval speedup vs pyvene: X.XXx (agreement Y.Y%); train speedup vs pyvene: Z.ZZx``.
@@ -86,6 +87,15 @@ class BenchConfig:
         ("wide", 1024),
         ("wide", 4096),
     )
+
+    @property
+    def training_runs(self) -> tuple[tuple[str, str, int], ...]:
+        """``(model shape, method, examples)`` of the training stage, in order."""
+        return (
+            ("toy", "das", self.das_examples),
+            ("toy", "mdas", self.mdas_examples),
+            ("wide", "das", self.wide_examples),
+        )
 
 
 QUICK = BenchConfig(
@@ -236,6 +246,36 @@ def eval_stage(
     return row
 
 
+def _child(spec: dict) -> dict:
+    """One measurement in a fresh process (:mod:`benchmarks.child`); its JSON line and output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.child", json.dumps(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        label = f"{spec['side']} {spec.get('task', 'eval')} {spec['shape']}"
+        raise RuntimeError(f"{label}: {done.stderr[-2000:]}")
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    measured.update(load_file(spec["out"]))
+    return measured
+
+
+def _order(index: int) -> tuple[str, str]:
+    """Alternate which side runs first, as in the interleaved stages."""
+    return ("pyvene", "ravel") if index % 2 == 0 else ("ravel", "pyvene")
+
+
+def _memory_columns(row: dict, measured: dict[str, dict]) -> None:
+    for side in ("ravel", "pyvene"):
+        row[f"{side}_seconds"] = measured[side]["seconds"]
+        row[f"{side}_peak_rss"] = measured[side]["peak_rss"]
+        row[f"{side}_rss_before"] = measured[side]["rss_before"]
+        row["peak_reset"] = measured[side]["reset"]
+
+
 def scale_stage(
     workload: Workload,
     directions: dict[str, torch.Tensor],
@@ -251,10 +291,9 @@ def scale_stage(
         for shape_key, n_pairs in config.scale:
             save_file({"directions": directions[shape_key].contiguous()}, tmp_path / "dirs.st")
             measured = {}
-            # Alternate which side runs first, as in the interleaved stages.
-            order = ("pyvene", "ravel") if len(rows) % 2 == 0 else ("ravel", "pyvene")
-            for side in order:
+            for side in _order(len(rows)):
                 spec = {
+                    "task": "eval",
                     "side": side,
                     "shape": shape_key,
                     "n_pairs": n_pairs,
@@ -266,17 +305,7 @@ def scale_stage(
                     "threads": threads,
                     "seed": seed,
                 }
-                done = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.child", json.dumps(spec)],
-                    cwd=ROOT,
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
-                if done.returncode != 0:
-                    raise RuntimeError(f"{side} {shape_key} {n_pairs}: {done.stderr[-2000:]}")
-                measured[side] = json.loads(done.stdout.strip().splitlines()[-1])
-                measured[side]["generated"] = load_file(spec["out"])["generated"]
+                measured[side] = _child(spec)
             pairs = workload.subset(n_pairs, seed=seed)
             ours, theirs = measured["ravel"]["generated"], measured["pyvene"]["generated"]
             row = {
@@ -286,11 +315,7 @@ def scale_stage(
                 "sources_run": sources_run(workload.tokenizer, pairs),
                 "identical": int((ours == theirs).all(dim=1).sum()),
             }
-            for side in ("ravel", "pyvene"):
-                row[f"{side}_seconds"] = measured[side]["seconds"]
-                row[f"{side}_peak_rss"] = measured[side]["peak_rss"]
-                row[f"{side}_rss_before"] = measured[side]["rss_before"]
-                row["peak_reset"] = measured[side]["reset"]
+            _memory_columns(row, measured)
             row["speedup"] = row["pyvene_seconds"] / row["ravel_seconds"]
             rows.append(row)
             logger.info(
@@ -304,6 +329,60 @@ def scale_stage(
                 row["pyvene_peak_rss"] / 2**20,
                 row["identical"],
                 row["pairs"],
+            )
+    return rows
+
+
+def train_memory_stage(
+    config: BenchConfig, release: str, threads: int, seed: int = 0
+) -> list[dict]:
+    """One training run per fresh process and side (the training stage's runs): peak RSS.
+
+    The ravel-bench side's run includes everything its trainer holds: the source vectors it
+    computes once and the prefix table's KV cache, both built inside the measured run.
+    """
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        for shape_key, method, n_examples in config.training_runs:
+            measured = {}
+            for side in _order(len(rows)):
+                spec = {
+                    "task": "train",
+                    "side": side,
+                    "shape": shape_key,
+                    "method": method,
+                    "n_examples": n_examples,
+                    "k": config.k,
+                    "batch_size": config.train_batch,
+                    "n_entities": config.n_entities,
+                    "release": release,
+                    "out": str(tmp_path / f"{side}.st"),
+                    "threads": threads,
+                    "seed": seed,
+                }
+                measured[side] = _child(spec)
+            ours, theirs = measured["ravel"]["losses"], measured["pyvene"]["losses"]
+            row = {
+                "method": method,
+                "model": SHAPES[shape_key].name,
+                "steps": len(theirs),
+                "losses_max_rel_diff": float(
+                    ((ours - theirs).abs() / theirs.abs().clamp(min=1.0)).max()
+                )
+                if len(ours) == len(theirs)
+                else float("inf"),
+            }
+            _memory_columns(row, measured)
+            rows.append(row)
+            logger.info(
+                "train memory %s %s: peak %.0f (+%.0f) vs %.0f (+%.0f) MiB",
+                method,
+                row["model"],
+                row["ravel_peak_rss"] / 2**20,
+                (row["ravel_peak_rss"] - row["ravel_rss_before"]) / 2**20,
+                row["pyvene_peak_rss"] / 2**20,
+                (row["pyvene_peak_rss"] - row["pyvene_rss_before"]) / 2**20,
             )
     return rows
 
@@ -377,6 +456,26 @@ def render(results: dict) -> str:
             f"{_mib(r['pyvene_peak_rss'])} (+{_mib(r['pyvene_peak_rss'] - r['pyvene_rss_before'])}) | "
             f"{100 * r['identical'] / r['pairs']:.1f}% |"
         )
+    lines += [
+        "",
+        "## Training memory: one training run per fresh process",
+        "",
+        "The training stage's runs again, one process per side. Peak RSS and (+run) as above; "
+        "ravel-bench's run includes its source vectors and prefix-table KV cache, built inside "
+        "the run. The losses are compared with the other side's, step by step.",
+        "",
+        "| method | model | steps | ravel-bench s | pyvene s | ravel-bench peak MiB (+run) | "
+        "pyvene peak MiB (+run) | losses (max rel. diff) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results.get("train_memory", []):
+        lines.append(
+            f"| {r['method']} | {r['model']} | {r['steps']} | {r['ravel_seconds']:.1f} | "
+            f"{r['pyvene_seconds']:.1f} | "
+            f"{_mib(r['ravel_peak_rss'])} (+{_mib(r['ravel_peak_rss'] - r['ravel_rss_before'])}) | "
+            f"{_mib(r['pyvene_peak_rss'])} (+{_mib(r['pyvene_peak_rss'] - r['pyvene_rss_before'])}) | "
+            f"{r['losses_max_rel_diff']:.1e} |"
+        )
     lines += ["", f"Total wall time: {results['wall_seconds'] / 60:.1f} min.", ""]
     return "\n".join(lines)
 
@@ -425,18 +524,12 @@ def run(config: BenchConfig, release: str, out: Path, threads: int) -> dict:
     workload = build_workload(release, config.n_entities)
     logger.info("workload: %d pairs, vocabulary %d", len(workload.pairs), len(workload.tokenizer))
     train_rows, directions = [], {}
-    row, directions["toy"] = train_stage(
-        workload, "toy", "das", config.das_examples, config, config.train_repeats
-    )
-    train_rows.append(row)
-    row, _ = train_stage(
-        workload, "toy", "mdas", config.mdas_examples, config, config.train_repeats
-    )
-    train_rows.append(row)
-    row, directions["wide"] = train_stage(
-        workload, "wide", "das", config.wide_examples, config, min(config.train_repeats, 3)
-    )
-    train_rows.append(row)
+    for shape_key, method, n_examples in config.training_runs:
+        repeats = config.train_repeats if shape_key == "toy" else min(config.train_repeats, 3)
+        row, trained = train_stage(workload, shape_key, method, n_examples, config, repeats)
+        train_rows.append(row)
+        if method == "das":
+            directions[shape_key] = trained
     eval_rows = [
         eval_stage(
             workload,
@@ -456,12 +549,14 @@ def run(config: BenchConfig, release: str, out: Path, threads: int) -> dict:
         ),
     ]
     scale_rows = scale_stage(workload, directions, config, release, threads)
+    train_memory_rows = train_memory_stage(config, release, threads)
     results = {
         "config": asdict(config),
         "environment": environment(threads),
         "train": train_rows,
         "eval": eval_rows,
         "scale": scale_rows,
+        "train_memory": train_memory_rows,
         "wall_seconds": time.perf_counter() - start,
     }
     out.mkdir(parents=True, exist_ok=True)
