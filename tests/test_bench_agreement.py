@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from benchmarks.orientation import directions_from_pyvene, low_rank_intervene, pyvene_weight
-from benchmarks.workload import ModelShape, build_model, build_workload, distinct_sources
+from benchmarks.workload import (
+    SHAPES,
+    ModelShape,
+    build_model,
+    build_workload,
+    distinct_sources,
+)
 from ravel_bench.featurizers.baselines import random_subspace
 
 TINY = ModelShape("llama 2x32", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_mlp=64, layer=0)
@@ -117,3 +123,43 @@ def test_the_gpu_benchmark_runs_on_the_cpu(release_tgz, tmp_path):
     import transformers.masking_utils
 
     assert transformers.masking_utils._ignore_causal_mask_sdpa is original_check
+
+
+@pytest.mark.parametrize("side", ["ravel", "pyvene"])
+def test_a_training_measurement_in_a_fresh_process_reports_its_memory_and_losses(
+    side, release_tgz, tmp_path, capsys
+):
+    """``benchmarks.child`` with ``task: train``: one JSON line, and every step's loss."""
+    pytest.importorskip("pyvene")
+    import json
+
+    from safetensors.torch import load_file
+
+    from benchmarks import child, sides
+
+    spec = {
+        "task": "train",
+        "side": side,
+        "shape": "toy",
+        "method": "das",
+        "n_examples": 8,
+        "k": 4,
+        "batch_size": 4,
+        "n_entities": 8,
+        "release": str(release_tgz),
+        "out": str(tmp_path / "losses.st"),
+        "threads": 1,
+        "seed": 0,
+    }
+    assert child.main([json.dumps(spec)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["peak_rss"] >= line["rss_before"] > 0 and line["seconds"] > 0
+    losses = load_file(spec["out"])["losses"]
+    # The same run in this process: the child measured the training it claims to.
+    workload = build_workload(release_tgz, 8, seed=0)
+    model = build_model(SHAPES["toy"], len(workload.tokenizer), seed=0)
+    config = sides.das_config("das", 4, 4, 8)
+    _, expected = sides.ravel_train(
+        model, workload.tokenizer, workload.instance(), "Country", SHAPES["toy"].layer, config
+    )
+    assert losses.tolist() == pytest.approx(expected, rel=1e-4)
