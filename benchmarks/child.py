@@ -62,7 +62,9 @@ def _train_task(spec: dict, workload: Workload, model: torch.nn.Module) -> Calla
     """One training run of ``spec["method"]`` on ``spec["n_examples"]`` Country examples."""
     shape = SHAPES[spec["shape"]]
     instance = workload.instance()
-    config = sides.das_config(spec["method"], spec["batch_size"], spec["k"], spec["n_examples"])
+    config = sides.das_config(
+        spec["method"], spec["batch_size"], spec["k"], spec["n_examples"], seed=spec["seed"]
+    )
     if spec["side"] == "ravel":
 
         def run() -> list[float]:

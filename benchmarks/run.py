@@ -269,6 +269,7 @@ def _order(index: int) -> tuple[str, str]:
 
 
 def _memory_columns(row: dict, measured: dict[str, dict]) -> None:
+    """Copy each side's time, peak RSS and starting RSS from its child's result into ``row``."""
     for side in ("ravel", "pyvene"):
         row[f"{side}_seconds"] = measured[side]["seconds"]
         row[f"{side}_peak_rss"] = measured[side]["peak_rss"]
