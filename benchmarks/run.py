@@ -149,9 +149,7 @@ def train_stage(
     theirs = results["pyvene"]
     steps = len(batches)
     checked = min(config.loss_steps, steps)
-    first_diff = max(
-        abs(a - b) / max(abs(b), 1.0) for a, b in zip(ours[:checked], theirs[:checked], strict=True)
-    )
+    first_diff = _max_rel_diff(ours[:checked], theirs[:checked])
     row = {
         "method": method,
         "model": shape.name,
@@ -246,26 +244,37 @@ def eval_stage(
     return row
 
 
-def _child(spec: dict) -> dict:
-    """One measurement in a fresh process (:mod:`benchmarks.child`); its JSON line and output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.child", json.dumps(spec)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
+def _max_rel_diff(ours: list[float], theirs: list[float]) -> float:
+    """Largest ``|a - b| / max(|b|, 1)`` over paired losses; ``inf`` when the counts differ."""
+    if len(ours) != len(theirs):
+        return float("inf")
+    return max(
+        (abs(a - b) / max(abs(b), 1.0) for a, b in zip(ours, theirs, strict=True)), default=0.0
     )
-    if done.returncode != 0:
-        label = f"{spec['side']} {spec.get('task', 'eval')} {spec['shape']}"
-        raise RuntimeError(f"{label}: {done.stderr[-2000:]}")
-    measured = json.loads(done.stdout.strip().splitlines()[-1])
-    measured.update(load_file(spec["out"]))
+
+
+def _both_sides(spec: dict, tmp_path: Path, index: int) -> dict[str, dict]:
+    """Run ``spec`` for each side in a fresh process (:mod:`benchmarks.child`).
+
+    The side that runs first alternates with ``index``, as in the interleaved stages. Returns
+    ``{side: the child's JSON line and output tensors}``.
+    """
+    measured = {}
+    for side in ("pyvene", "ravel") if index % 2 == 0 else ("ravel", "pyvene"):
+        side_spec = {**spec, "side": side, "out": str(tmp_path / f"{side}.st")}
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.child", json.dumps(side_spec)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            label = f"{side} {spec['task']} {spec['shape']}"
+            raise RuntimeError(f"{label}: {done.stderr[-2000:]}")
+        measured[side] = json.loads(done.stdout.strip().splitlines()[-1])
+        measured[side].update(load_file(side_spec["out"]))
     return measured
-
-
-def _order(index: int) -> tuple[str, str]:
-    """Alternate which side runs first, as in the interleaved stages."""
-    return ("pyvene", "ravel") if index % 2 == 0 else ("ravel", "pyvene")
 
 
 def _memory_columns(row: dict, measured: dict[str, dict]) -> None:
@@ -291,22 +300,18 @@ def scale_stage(
         tmp_path = Path(tmp)
         for shape_key, n_pairs in config.scale:
             save_file({"directions": directions[shape_key].contiguous()}, tmp_path / "dirs.st")
-            measured = {}
-            for side in _order(len(rows)):
-                spec = {
-                    "task": "eval",
-                    "side": side,
-                    "shape": shape_key,
-                    "n_pairs": n_pairs,
-                    "n_entities": config.n_entities,
-                    "batch_size": config.batch_size,
-                    "release": release,
-                    "directions": str(tmp_path / "dirs.st"),
-                    "out": str(tmp_path / f"{side}.st"),
-                    "threads": threads,
-                    "seed": seed,
-                }
-                measured[side] = _child(spec)
+            spec = {
+                "task": "eval",
+                "shape": shape_key,
+                "n_pairs": n_pairs,
+                "n_entities": config.n_entities,
+                "batch_size": config.batch_size,
+                "release": release,
+                "directions": str(tmp_path / "dirs.st"),
+                "threads": threads,
+                "seed": seed,
+            }
+            measured = _both_sides(spec, tmp_path, len(rows))
             pairs = workload.subset(n_pairs, seed=seed)
             ours, theirs = measured["ravel"]["generated"], measured["pyvene"]["generated"]
             row = {
@@ -346,33 +351,25 @@ def train_memory_stage(
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         for shape_key, method, n_examples in config.training_runs:
-            measured = {}
-            for side in _order(len(rows)):
-                spec = {
-                    "task": "train",
-                    "side": side,
-                    "shape": shape_key,
-                    "method": method,
-                    "n_examples": n_examples,
-                    "k": config.k,
-                    "batch_size": config.train_batch,
-                    "n_entities": config.n_entities,
-                    "release": release,
-                    "out": str(tmp_path / f"{side}.st"),
-                    "threads": threads,
-                    "seed": seed,
-                }
-                measured[side] = _child(spec)
+            spec = {
+                "task": "train",
+                "shape": shape_key,
+                "method": method,
+                "n_examples": n_examples,
+                "k": config.k,
+                "batch_size": config.train_batch,
+                "n_entities": config.n_entities,
+                "release": release,
+                "threads": threads,
+                "seed": seed,
+            }
+            measured = _both_sides(spec, tmp_path, len(rows))
             ours, theirs = measured["ravel"]["losses"], measured["pyvene"]["losses"]
             row = {
                 "method": method,
                 "model": SHAPES[shape_key].name,
                 "steps": len(theirs),
-                "losses_max_rel_diff": float(
-                    ((ours - theirs).abs() / theirs.abs().clamp(min=1.0)).max()
-                )
-                if len(ours) == len(theirs)
-                else float("inf"),
+                "losses_max_rel_diff": _max_rel_diff(ours.tolist(), theirs.tolist()),
             }
             _memory_columns(row, measured)
             rows.append(row)
