@@ -278,12 +278,13 @@ def _both_sides(spec: dict, tmp_path: Path, index: int) -> dict[str, dict]:
 
 
 def _memory_columns(row: dict, measured: dict[str, dict]) -> None:
-    """Copy each side's time, peak RSS and starting RSS from its child's result into ``row``."""
+    """Copy each side's time, peak RSS and starting RSS from its child's result into ``row``;
+    ``peak_reset`` says whether both children could reset their peak before the run."""
     for side in ("ravel", "pyvene"):
         row[f"{side}_seconds"] = measured[side]["seconds"]
         row[f"{side}_peak_rss"] = measured[side]["peak_rss"]
         row[f"{side}_rss_before"] = measured[side]["rss_before"]
-        row["peak_reset"] = measured[side]["reset"]
+    row["peak_reset"] = all(measured[side]["reset"] for side in ("ravel", "pyvene"))
 
 
 def scale_stage(
